@@ -1,0 +1,77 @@
+"""Choose between the pure-PyTorch encodings and tiny-cuda-nn.
+
+tinycudann is optional: it is not on the package registry and needs CUDA. On a CPU-only machine
+``import tinycudann`` raises ``OSError`` ("Unknown compute capability"), not ``ImportError``, so the
+guard catches both. ``"auto"`` picks tcnn when it is importable and the tensors live on CUDA, otherwise
+torch; an explicit ``"tcnn"`` that cannot run is a ``UserError``, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+from typing import Literal
+
+import torch
+
+from fast_anerf.errors import UserError
+
+Backend = Literal["auto", "torch", "tcnn"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "tcnn")
+
+
+@functools.cache
+def _import_tcnn() -> tuple[ModuleType | None, str]:
+    """Import tinycudann once; returns (module or None, reason it is unavailable)."""
+    try:
+        import tinycudann  # optional; raises OSError without a GPU
+
+        return tinycudann, ""
+    except (ImportError, OSError) as err:  # OSError: CPU-only torch or no matching extension
+        return None, f"{type(err).__name__}: {err}"
+
+
+def tcnn_module() -> ModuleType | None:
+    """The ``tinycudann`` module, or None when it cannot be imported here."""
+    return _import_tcnn()[0]
+
+
+def tcnn_available() -> bool:
+    """True when tinycudann imports (which implies CUDA is available)."""
+    return tcnn_module() is not None
+
+
+def resolve_backend(requested: str, device: torch.device | str | None = None) -> str:
+    """Resolve a backend request to the one that will actually run: ``"torch"`` or ``"tcnn"``.
+
+    Args:
+        requested: ``"auto"`` (tcnn when importable and ``device`` is CUDA, else torch), ``"torch"``
+            or ``"tcnn"``.
+        device: where the module's tensors will live; None means "CUDA if available".
+
+    Raises:
+        UserError: an unknown name, or ``"tcnn"`` when tinycudann cannot run here (one line, with the fix).
+    """
+    if requested not in BACKENDS:
+        raise UserError(f"unknown backend {requested!r}: expected one of {', '.join(BACKENDS)}")
+    if requested == "torch":
+        return "torch"
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    on_cuda = torch.device(device).type == "cuda"
+    if requested == "auto":
+        # Only try the (slow, noisy) import when it could be used at all.
+        return "tcnn" if on_cuda and tcnn_available() else "torch"
+    mod, why = _import_tcnn()
+    if mod is None:
+        raise UserError(
+            f"backend 'tcnn' was requested but tinycudann is unavailable ({why}): pass --backend torch "
+            "(or auto), or install tinycudann: TCNN_CUDA_ARCHITECTURES=<cc> pip install --no-build-isolation "
+            "git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch"
+        )
+    if not on_cuda:
+        raise UserError(
+            f"backend 'tcnn' needs a CUDA device but the device is {torch.device(device)}: "
+            "pass --backend torch (or auto), or move the model to a GPU"
+        )
+    return "tcnn"

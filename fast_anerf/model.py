@@ -1,0 +1,117 @@
+"""A trained character: the field (fast or A-NeRF), its rest skeleton and bone boxes, and checkpoints.
+
+Checkpoint format (a ``torch.save`` dict, written atomically):
+``version``, ``field_type``, ``config`` (plain dict of ``RunConfig``), ``n_frame_codes``, ``model`` (state
+dict of ``Character``), and the trainer's ``optimizer``, ``step``, ``rng``, ``elapsed_s``, ``data``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fast_anerf.anerf_field import ANeRFField
+from fast_anerf.bone_boxes import bone_boxes, skeleton_height
+from fast_anerf.config import RunConfig
+from fast_anerf.errors import CheckpointError
+from fast_anerf.field import FastField
+
+CHECKPOINT_VERSION = 1
+
+
+class Character(nn.Module):
+    """Field + rest skeleton + bone boxes (world units, joint-local)."""
+
+    def __init__(self, config: RunConfig, rest_pose: torch.Tensor, n_frame_codes: int, backend: str = "auto"):
+        super().__init__()
+        self.config = config
+        rest_pose = torch.as_tensor(rest_pose, dtype=torch.float32).cpu()
+        c = config.fast
+        box_min, box_max = bone_boxes(rest_pose, c.box_pad, c.torso_pad, c.head_extent, c.hand_extent, c.foot_extent)
+        self.register_buffer("rest_pose", rest_pose)  # [24, 3]
+        self.register_buffer("box_min", box_min)  # [24, 3]
+        self.register_buffer("box_max", box_max)  # [24, 3]
+        self.height = skeleton_height(rest_pose)  # world units; sample steps are fractions of it
+        self.n_frame_codes = n_frame_codes
+        if config.train.field == "fast":
+            self.field: nn.Module = FastField(n_frame_codes, box_min, box_max, c, backend=backend)
+        else:
+            self.field = ANeRFField(n_frame_codes, config.anerf)
+
+    @property
+    def field_type(self) -> str:
+        return self.field.field_type
+
+    def describe(self) -> str:
+        return self.field.describe()
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Save to a temporary file in the same folder, fsync, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, model: Character, **trainer_state: Any) -> None:
+    atomic_torch_save(
+        {
+            "version": CHECKPOINT_VERSION,
+            "field_type": model.field_type,
+            "config": model.config.to_dict(),
+            "n_frame_codes": model.n_frame_codes,
+            "model": model.state_dict(),
+            **trainer_state,
+        },
+        path,
+    )
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load and check a checkpoint dict; every problem is a one-line ``CheckpointError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; pass the checkpoint.pt written by `fast-anerf train`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated zip, pickle garbage, ...: all mean "damaged"
+        kind = type(error).__name__
+        raise CheckpointError(
+            f"{path}: cannot read the checkpoint ({kind}); it is damaged or not a checkpoint"
+        ) from None
+    if not isinstance(ckpt, dict) or "version" not in ckpt or "model" not in ckpt:
+        raise CheckpointError(f"{path}: not a fast-anerf checkpoint (no 'version'/'model' keys)")
+    if ckpt["version"] != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {ckpt['version']} but this fast-anerf reads version {CHECKPOINT_VERSION}; "
+            "retrain or use the fast-anerf release that wrote it"
+        )
+    return ckpt
+
+
+def load_character(path: Path, device: str | torch.device = "cpu", backend: str = "auto") -> tuple[Character, dict]:
+    """Rebuild the ``Character`` of a checkpoint; returns ``(model, checkpoint_dict)``."""
+    ckpt = read_checkpoint(path)
+    config = RunConfig.from_dict(ckpt["config"], source=str(path))
+    rest_pose = ckpt["model"]["rest_pose"]
+    model = Character(config, rest_pose, ckpt["n_frame_codes"], backend=backend)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not match the saved config ({first})") from None
+    return model.to(device), ckpt

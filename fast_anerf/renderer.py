@@ -1,0 +1,159 @@
+"""The one place that renders: rays -> bone frames -> samples in the posed boxes -> field -> pixels.
+
+Training, evaluation, videos and the viewer all call ``render_rays`` (a batch of rays, each with its own
+posed skeleton) or ``render_image`` (a full image for one camera and one pose, in chunks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fast_anerf.bone_boxes import ray_box_intervals
+from fast_anerf.data.rays import image_rays
+from fast_anerf.model import Character
+from fast_anerf.sampling.march import march_boxes
+from fast_anerf.sampling.volrend import accumulate, render_weights
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How samples are placed (see ``sampling/march.py``); lengths are fractions of the skeleton height."""
+
+    step_size: float = 0.006
+    n_samples: int = 0
+    cull_to_boxes: bool = True
+    density_noise_std: float = 0.0
+    stratified: bool = False
+
+    @staticmethod
+    def from_train(train_cfg, training: bool) -> RenderSettings:
+        return RenderSettings(
+            step_size=train_cfg.step_size,
+            n_samples=train_cfg.n_samples,
+            cull_to_boxes=train_cfg.cull_to_boxes,
+            density_noise_std=train_cfg.density_noise_std if training else 0.0,
+            stratified=training,
+        )
+
+
+def rays_to_bones(rays_o: torch.Tensor, rays_d: torch.Tensor, skts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays in every joint frame: ``o_j = skts_j o``, ``d_j = R_j d`` (t keeps its meaning).
+
+    Args:
+        rays_o, rays_d: ``[R, 3]`` world rays.
+        skts: ``[R, 24, 4, 4]`` (per ray) or ``[24, 4, 4]`` (one pose) world-to-joint transforms.
+
+    Returns:
+        ``origins [R, 24, 3]``, ``directions [R, 24, 3]`` in joint-local coordinates.
+    """
+    rot = skts[..., :3, :3]
+    trans = skts[..., :3, 3]
+    if skts.dim() == 3:
+        return torch.einsum("jab,rb->rja", rot, rays_o) + trans, torch.einsum("jab,rb->rja", rot, rays_d)
+    return torch.einsum("rjab,rb->rja", rot, rays_o) + trans, torch.einsum("rjab,rb->rja", rot, rays_d)
+
+
+def render_rays(
+    model: Character,
+    rays_o: torch.Tensor,
+    rays_d: torch.Tensor,
+    skts: torch.Tensor,
+    code_ids: torch.Tensor,
+    background: torch.Tensor,
+    settings: RenderSettings,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Render a batch of rays of posed characters.
+
+    Args:
+        rays_o, rays_d: ``[R, 3]`` (A-NeRF rays: directions not normalised, t is depth-like).
+        skts: ``[R, 24, 4, 4]`` or ``[24, 4, 4]`` world-to-joint transforms of each ray's pose.
+        code_ids: ``[R]`` appearance code per ray (-1 = mean code).
+        background: ``[R, 3]`` or ``[3]`` colour behind the body, in [0, 1].
+        settings: sample placement.
+        generator: CPU generator for the stratified jitter.
+
+    Returns:
+        ``rgb [R, 3]`` (composited on the background), ``acc [R]`` (opacity), ``depth [R]`` (t, where acc>0),
+        ``n_samples`` (scalar tensor: samples evaluated).
+    """
+    n_rays = rays_o.shape[0]
+    origins, directions = rays_to_bones(rays_o, rays_d, skts)
+    t_in, t_out, hit = ray_box_intervals(origins, directions, model.box_min, model.box_max)
+    ray_scale = rays_d.norm(dim=-1)  # world length per unit of t
+    height = model.height
+    ray_idx, t_starts, t_ends = march_boxes(
+        t_in,
+        t_out,
+        hit,
+        ray_scale,
+        step=settings.step_size * height,
+        n_samples=settings.n_samples,
+        cull=settings.cull_to_boxes,
+        stratified=settings.stratified,
+        generator=generator,
+    )
+    t_mid = 0.5 * (t_starts + t_ends)
+    x_local = origins[ray_idx] + t_mid[:, None, None] * directions[ray_idx]  # [P, 24, 3]
+    d_local = directions[ray_idx] / ray_scale[ray_idx, None, None]  # unit length in every frame
+    sigma, rgb = model.field(x_local, d_local, code_ids[ray_idx], density_noise_std=settings.density_noise_std)
+    weights, _, _ = render_weights(sigma, t_starts, t_ends, ray_idx, n_rays, ray_scale=ray_scale)
+    color = accumulate(weights, rgb, ray_idx, n_rays)
+    acc = accumulate(weights, None, ray_idx, n_rays)[:, 0]
+    depth = accumulate(weights, t_mid[:, None], ray_idx, n_rays)[:, 0] / acc.clamp_min(1e-6)
+    background = background.expand(n_rays, 3) if background.dim() == 1 else background
+    color = color + (1.0 - acc[:, None]) * background
+    return {"rgb": color, "acc": acc, "depth": depth, "n_samples": torch.tensor(ray_idx.numel())}
+
+
+@torch.no_grad()
+def render_image(
+    model: Character,
+    c2w: torch.Tensor,
+    focal: float,
+    center: tuple[float, float],
+    height: int,
+    width: int,
+    skts: torch.Tensor,
+    code_id: int = -1,
+    background: torch.Tensor | None = None,
+    settings: RenderSettings | None = None,
+    chunk: int = 4096,
+) -> dict[str, torch.Tensor]:
+    """Render a full image of one posed character.
+
+    Args:
+        c2w: ``[4, 4]`` OpenGL camera-to-world; focal in pixels; center = principal point (cx, cy).
+        skts: ``[24, 4, 4]`` world-to-joint transforms of the pose.
+        code_id: appearance code (-1 = mean code, for frames never seen).
+        background: ``[H, W, 3]`` image or ``[3]`` colour in [0, 1] (default white).
+
+    Returns:
+        ``rgb [H, W, 3]``, ``acc [H, W]``, ``depth [H, W]``, ``n_samples`` (total samples evaluated).
+    """
+    device = model.box_min.device
+    settings = settings or RenderSettings()
+    rays_o, rays_d = image_rays(c2w.to(device), focal, center, height, width)
+    if background is None:
+        background = torch.ones(3, device=device)
+    bg = background.to(device).reshape(-1, 3).expand(height * width, 3) if background.dim() > 1 else background
+    out_rgb, out_acc, out_depth, total = [], [], [], 0
+    skts = skts.to(device)
+    for start in range(0, height * width, chunk):
+        sl = slice(start, start + chunk)
+        n = rays_o[sl].shape[0]
+        bg_chunk = bg[sl] if bg.dim() > 1 else bg.to(device)
+        codes = torch.full((n,), code_id, dtype=torch.long, device=device)
+        out = render_rays(model, rays_o[sl], rays_d[sl], skts, codes, bg_chunk, settings)
+        out_rgb.append(out["rgb"])
+        out_acc.append(out["acc"])
+        out_depth.append(out["depth"])
+        total += int(out["n_samples"])
+    return {
+        "rgb": torch.cat(out_rgb).reshape(height, width, 3),
+        "acc": torch.cat(out_acc).reshape(height, width),
+        "depth": torch.cat(out_depth).reshape(height, width),
+        "n_samples": torch.tensor(total),
+    }

@@ -1,0 +1,77 @@
+"""Volume rendering over packed samples (nerfacc's format), with a plain-PyTorch path that runs anywhere.
+
+Packed samples: ``ray_indices [P]`` (sorted, non-decreasing), ``t_starts [P]``, ``t_ends [P]``. Densities
+are per world unit; ``deltas = (t_ends - t_starts) * |rays_d|`` because A-NeRF's ray directions are not
+normalised (t is depth-like).
+
+On CUDA the weights come from ``nerfacc.render_weight_from_density`` (packed CUDA kernels); elsewhere from
+the torch twin below (nerfacc's packed ops need CUDA, see specs/tcnn_nerfacc.md §C2). Both compute
+``alpha = 1 - exp(-sigma * delta)``, ``T = exp(-exclusive_sum(sigma * delta))``, ``w = T * alpha``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def pack_info(ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
+    """``[n_rays, 2]`` (first sample index, sample count) per ray, from sorted ``ray_indices [P]``."""
+    counts = torch.bincount(ray_indices, minlength=n_rays)
+    starts = torch.cumsum(counts, 0) - counts
+    return torch.stack([starts, counts], dim=-1)
+
+
+def exclusive_sum_packed(values: torch.Tensor, ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
+    """Per-ray exclusive prefix sum of ``values [P]`` (sum of the earlier samples of the same ray).
+
+    One global cumsum (float64, so long batches do not lose precision), minus each ray's offset.
+    """
+    if values.numel() == 0:
+        return values
+    cs = torch.cumsum(values.double(), 0)
+    excl = cs - values.double()
+    starts = pack_info(ray_indices, n_rays)[:, 0]
+    offset = excl[starts.clamp_max(values.numel() - 1)][ray_indices]
+    return (excl - offset).to(values.dtype)
+
+
+def render_weights(
+    sigmas: torch.Tensor,
+    t_starts: torch.Tensor,
+    t_ends: torch.Tensor,
+    ray_indices: torch.Tensor,
+    n_rays: int,
+    ray_scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Compositing weights of packed samples.
+
+    Args:
+        sigmas: ``[P]`` densities (per world unit).
+        t_starts, t_ends: ``[P]`` sample intervals along the ray, in units of the ray direction.
+        ray_indices: ``[P]`` sorted ray index of each sample.
+        n_rays: number of rays.
+        ray_scale: ``[n_rays]`` length of each ray's direction vector (world units per unit of t).
+
+    Returns:
+        ``weights [P]``, ``transmittance [P]`` (before the sample), ``alphas [P]``.
+    """
+    scale = ray_scale[ray_indices] if ray_scale is not None else 1.0
+    if sigmas.is_cuda:
+        import nerfacc
+
+        return nerfacc.render_weight_from_density(
+            t_starts * scale, t_ends * scale, sigmas, ray_indices=ray_indices, n_rays=n_rays
+        )
+    sigma_delta = sigmas * (t_ends - t_starts) * scale
+    alphas = 1.0 - torch.exp(-sigma_delta)
+    transmittance = torch.exp(-exclusive_sum_packed(sigma_delta, ray_indices, n_rays))
+    return transmittance * alphas, transmittance, alphas
+
+
+def accumulate(
+    weights: torch.Tensor, values: torch.Tensor | None, ray_indices: torch.Tensor, n_rays: int
+) -> torch.Tensor:
+    """Sum ``weights [P] * values [P, C]`` per ray -> ``[n_rays, C]`` (``values=None``: ``[n_rays, 1]``)."""
+    src = weights[:, None] if values is None else weights[:, None] * values
+    out = torch.zeros(n_rays, src.shape[-1], dtype=src.dtype, device=src.device)
+    return out.index_add_(0, ray_indices, src)
