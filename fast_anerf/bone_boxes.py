@@ -17,7 +17,7 @@ import torch
 
 from fast_anerf.skeleton import SMPL_PARENTS, children_of
 
-TORSO_JOINTS = (0, 3, 6, 9)  # pelvis and spine: the trunk is wider than the limbs
+WIDE_JOINTS = (0, 3, 6, 9, 15)  # pelvis, spine and head: wider than the limbs
 HEAD, LEFT_HAND, RIGHT_HAND, LEFT_FOOT, RIGHT_FOOT = 15, 22, 23, 10, 11
 
 
@@ -39,7 +39,7 @@ def bone_boxes(
 
     Args:
         rest_pose: ``[24, 3]`` rest joint positions (world units, SMPL canonical axes, y up).
-        box_pad, torso_pad: margin around limb / trunk bones, as a fraction of the skeleton height.
+        box_pad, torso_pad: margin around limb / trunk-and-head bones, as a fraction of the skeleton height.
         head_extent, hand_extent, foot_extent: how far leaf boxes reach beyond their joint (fraction).
 
     Returns:
@@ -68,7 +68,7 @@ def bone_boxes(
                 direction = direction / direction.norm().clamp_min(1e-8)
             points.append(direction * leaf_extent[j] * height)
         stacked = torch.stack(points)
-        pad = (torso_pad if j in TORSO_JOINTS else box_pad) * height
+        pad = (torso_pad if j in WIDE_JOINTS else box_pad) * height
         box_min[j] = stacked.min(dim=0).values - pad
         box_max[j] = stacked.max(dim=0).values + pad
     return box_min, box_max

@@ -49,6 +49,8 @@ class Train:
     """Random seed; overrides the preset."""
     eval_every: int | None = None
     """Evaluate on held-out views every N steps (0 = only at the end); overrides the preset."""
+    gt_poses: bool = False
+    """Train on the file's true poses (gt_skts, e.g. the built-in character) instead of its estimated ones."""
 
     def main(self) -> None:
         from fast_anerf.train import run_training

@@ -17,8 +17,10 @@ direction in all 24 joint frames. Design choices, with the reason for each:
   are the normalised blend ``sum_j w_j f_j / sum_j w_j``; the density is multiplied by the coverage
   ``min(sum_j w_j, 1)``, so it fades to 0 at the union's boundary instead of jumping, and overlapping bones
   (joints) hand over smoothly.
-* **Density** ``sigma = coverage * exp(raw)`` (truncated-exponential gradient, as Instant-NGP): a wide
-  dynamic range for thin, opaque surfaces with tiny step sizes. Units: per world unit of ray length.
+* **Density** ``sigma = coverage * exp(raw + density_bias) / height`` (truncated-exponential gradient, as
+  Instant-NGP): a wide dynamic range for thin, opaque surfaces. Dividing by the skeleton height makes the
+  raw value unit-free (metres or A-NeRF units train alike); the bias starts training from a light fog,
+  which converges much faster than from empty space. Units: per world unit of ray length.
 * **Colour** sees geometry features, the ray direction relative to the contributing bones (blended like the
   features, encoded with degree-4 spherical harmonics; view dependence is tied to the body, not the world)
   and A-NeRF's 16-D per-frame appearance code (the mean code for frames never seen).
@@ -71,15 +73,19 @@ class FastField(nn.Module):
         n_frame_codes: int,
         box_min: torch.Tensor,
         box_max: torch.Tensor,
+        height: float,
         cfg: FastFieldConfig,
         backend: str = "auto",
     ) -> None:
-        """``box_min``/``box_max [24, 3]``: each bone's box in its joint frame (``bone_boxes.bone_boxes``)."""
+        """``box_min``/``box_max [24, 3]``: each bone's box in its joint frame (``bone_boxes.bone_boxes``);
+        ``height``: the skeleton's size in world units (``bone_boxes.skeleton_height``)."""
         super().__init__()
         self.cfg = cfg
         self.register_buffer("box_min", box_min.clone().float())  # [24, 3] joint-local, world units
         self.register_buffer("box_size", (box_max - box_min).float())  # [24, 3]
-        self.grid = MultiBoneHashGrid(N_BONES, cfg.hashgrid, backend=backend)
+        self.height = height
+        # inplace_grad: the backward adds into the existing .grad instead of allocating a dense table each step.
+        self.grid = MultiBoneHashGrid(N_BONES, cfg.hashgrid, backend=backend, inplace_grad=True)
         n_grid = cfg.hashgrid.n_output_dims
         self.density_mlp = TcnnMLP(
             n_grid, 1 + cfg.geo_feature_dim, cfg.density_neurons, cfg.density_hidden_layers, backend=backend
@@ -160,7 +166,7 @@ class FastField(nn.Module):
         raw = h[:, 0]
         if density_noise_std > 0:
             raw = raw + torch.randn_like(raw) * density_noise_std
-        sigma = coverage * trunc_exp(raw)
+        sigma = coverage * trunc_exp(raw + self.cfg.density_bias) / self.height
         # Bone-relative view direction, blended with the same weights as the features.
         d_pairs = d_local[sample_idx, bone_idx] * weights[:, None]
         d_blend = torch.zeros_like(x_local[:, 0]).index_add_(0, sample_idx, d_pairs)
@@ -174,4 +180,4 @@ class FastField(nn.Module):
     def density(self, x_local: torch.Tensor) -> torch.Tensor:
         """``sigma [N]`` of samples ``x_local [N, 24, 3]`` (no colour branch; meshes, occupancy grids)."""
         feats, coverage, _, _ = self._encode(x_local)
-        return coverage * trunc_exp(self.density_mlp(feats)[:, 0])
+        return coverage * trunc_exp(self.density_mlp(feats)[:, 0] + self.cfg.density_bias) / self.height

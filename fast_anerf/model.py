@@ -39,7 +39,7 @@ class Character(nn.Module):
         self.height = skeleton_height(rest_pose)  # world units; sample steps are fractions of it
         self.n_frame_codes = n_frame_codes
         if config.train.field == "fast":
-            self.field: nn.Module = FastField(n_frame_codes, box_min, box_max, c, backend=backend)
+            self.field: nn.Module = FastField(n_frame_codes, box_min, box_max, self.height, c, backend=backend)
         else:
             self.field = ANeRFField(n_frame_codes, config.anerf)
 

@@ -81,7 +81,8 @@ def render_rays(
     """
     n_rays = rays_o.shape[0]
     origins, directions = rays_to_bones(rays_o, rays_d, skts)
-    t_in, t_out, hit = ray_box_intervals(origins, directions, model.box_min, model.box_max)
+    # Sample placement is not differentiated (poses get gradients through the samples' bone coordinates).
+    t_in, t_out, hit = ray_box_intervals(origins.detach(), directions.detach(), model.box_min, model.box_max)
     ray_scale = rays_d.norm(dim=-1)  # world length per unit of t
     height = model.height
     ray_idx, t_starts, t_ends = march_boxes(

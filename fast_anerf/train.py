@@ -100,7 +100,8 @@ def build_optimizer(model: Character, cfg) -> torch.optim.Adam:
         {"params": groups["mlp"], "lr": cfg.lr_mlp, "base_lr": cfg.lr_mlp, "weight_decay": cfg.weight_decay_mlp},
         {"params": groups["codes"], "lr": cfg.lr_framecode, "base_lr": cfg.lr_framecode, "weight_decay": 0.0},
     ]
-    return torch.optim.Adam([g for g in spec if g["params"]], betas=(0.9, 0.99), eps=cfg.adam_eps)
+    # fused=True: one kernel over all tensors; on CPU ~10x cheaper than the per-tensor loop for big grids.
+    return torch.optim.Adam([g for g in spec if g["params"]], betas=(0.9, 0.99), eps=cfg.adam_eps, fused=True)
 
 
 def photometric_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
@@ -134,6 +135,7 @@ class Trainer:
             max_minutes=args.max_minutes,
             seed=args.seed if not args.resume else None,
             eval_every=args.eval_every,
+            gt_poses=True if args.gt_poses else None,
             backend=args.backend if args.backend != "auto" else None,
             device=args.device if args.device != "auto" else None,
         )
@@ -148,7 +150,11 @@ class Trainer:
         self.model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg)
         self.pool = RayPool(self.split, cfg.rays_per_batch, cfg.images_per_batch, self.generator)
-        self.skts = self.split.skts.to(self.device)
+        if cfg.gt_poses and self.split.gt_skts is None:
+            raise UserError(
+                f"{self.train_path}: --gt-poses needs the key 'gt_skts', which this file lacks; drop the flag"
+            )
+        self.skts = (self.split.gt_skts if cfg.gt_poses else self.split.skts).to(self.device)
         self.pose_idxs = self.split.pose_idxs.to(self.device)
         self.step = 0
         self.elapsed = 0.0
@@ -211,7 +217,8 @@ class Trainer:
             generator=self.generator,
         )
         loss = photometric_loss(out["rgb"], batch["rgb"], cfg.loss)
-        self.optimizer.zero_grad(set_to_none=True)
+        # Keep the (large, dense) grid gradient buffer: the grid's backward adds into it in place.
+        self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
         grads_finite = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.model.parameters())
         self.step += 1
@@ -229,7 +236,7 @@ class Trainer:
         self.optimizer.step()
         mse = float((out["rgb"].detach() - batch["rgb"]).pow(2).mean())
         return {
-            "loss": float(loss),
+            "loss": float(loss.detach()),
             "psnr": -10 * math.log10(max(mse, 1e-10)),
             "samples_per_ray": int(out["n_samples"]) / batch["rgb"].shape[0],
         }

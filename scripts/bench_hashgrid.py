@@ -62,9 +62,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-naive", action="store_true", help="the naive variant needs ~3x more memory")
-    ap.add_argument(
-        "--skip-adam", action="store_true", help="Adam needs 4 table copies (5.5 GB at 24 x 2^19)"
-    )
+    ap.add_argument("--skip-adam", action="store_true", help="Adam needs 4 table copies (5.5 GB at 24 x 2^19)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args()
@@ -86,9 +84,7 @@ def main() -> None:
     variants = {
         "naive": lambda: step(lambda xi: hashgrid_naive(xi, bone_ids, params, cfg), x),
         "custom": lambda: step(lambda xi: hashgrid_torch(xi, bone_ids, params, cfg), x),
-        "custom-recomp": lambda: step(
-            lambda xi: hashgrid_torch(xi, bone_ids, params, cfg, save_corners=False), x
-        ),
+        "custom-recomp": lambda: step(lambda xi: hashgrid_torch(xi, bone_ids, params, cfg, save_corners=False), x),
         "custom+x": lambda: step(lambda xi: hashgrid_torch(xi, bone_ids, params, cfg), x_req),
     }
     if args.skip_naive:
@@ -131,10 +127,7 @@ def main() -> None:
         results["ms"]["alloc dense grad"] = timeit(lambda: torch.zeros_like(params).fill_(0), 3, device)
 
     print(f"device: {results['device']}, torch {results['torch']}")
-    print(
-        f"{args.n_points} points, {args.n_bones} bones x {cfg.n_params:,} params "
-        f"(L16 F2 T{cfg.log2_hashmap_size})"
-    )
+    print(f"{args.n_points} points, {args.n_bones} bones x {cfg.n_params:,} params (L16 F2 T{cfg.log2_hashmap_size})")
     print(f"{'variant':<32}{'ms/iter':>10}")
     for name, ms in results["ms"].items():
         print(f"{name:<32}{ms:>10.1f}")

@@ -22,13 +22,9 @@ U32 = 0xFFFFFFFF
 
 # Levels 0-2 dense (64 entries = 4^3, 344 >= 7^3 with 1 padding entry, 1336 >= 11^3, not powers of two),
 # levels 3-5 hashed into 4096 entries.
-SMALL = HashGridConfig(
-    n_levels=6, n_features_per_level=2, log2_hashmap_size=12, base_resolution=4, per_level_scale=1.6
-)
+SMALL = HashGridConfig(n_levels=6, n_features_per_level=2, log2_hashmap_size=12, base_resolution=4, per_level_scale=1.6)
 # Integer scales 1, 3, 7, 15: at x=1 the +1 corner sits at index res and wraps; level 3 is hashed.
-POW2 = HashGridConfig(
-    n_levels=4, n_features_per_level=2, log2_hashmap_size=11, base_resolution=2, per_level_scale=2.0
-)
+POW2 = HashGridConfig(n_levels=4, n_features_per_level=2, log2_hashmap_size=11, base_resolution=2, per_level_scale=2.0)
 
 
 def ref_layout(cfg: HashGridConfig):
@@ -86,9 +82,7 @@ def ref_differentiable(x, bone_ids, params, cfg):
     """Autograd reference: reference indices, weights from x through plain torch ops."""
     F, L = cfg.n_features_per_level, cfg.n_levels
     levels, n_entries = ref_layout(cfg)
-    idx = torch.tensor(
-        [[[e for e, _ in lv] for lv in pt] for pt in ref_corners(x.detach(), cfg)]
-    )  # [N, L, 8]
+    idx = torch.tensor([[[e for e, _ in lv] for lv in pt] for pt in ref_corners(x.detach(), cfg)])  # [N, L, 8]
     idx = idx + bone_ids[:, None, None] * n_entries
     outs = []
     for lvl, (scale, *_rest) in enumerate(levels):
@@ -161,9 +155,7 @@ def test_forward_matches_python_reference(cfg):
     bone_ids = torch.arange(len(x)) % n_bones
     y = grid(x, bone_ids)
     assert y.shape == (len(x), cfg.n_output_dims) and y.dtype == torch.float32
-    torch.testing.assert_close(
-        y.double(), ref_forward(x, bone_ids, grid.params.detach(), cfg), rtol=0, atol=1e-6
-    )
+    torch.testing.assert_close(y.double(), ref_forward(x, bone_ids, grid.params.detach(), cfg), rtol=0, atol=1e-6)
     # Different bones really use different rows.
     y0 = grid(x, torch.zeros_like(bone_ids))
     assert (y0 - y).abs().max() > 1e-2

@@ -36,6 +36,7 @@ class Split:
     skts: torch.Tensor  # [P, 24, 4, 4]
     rest_pose: torch.Tensor | None  # [24, 3] when the file has it
     gt_kp3d: torch.Tensor | None
+    gt_skts: torch.Tensor | None  # [P, 24, 4, 4] true poses, when the file has them (built-in character)
     ext_scale: float | None
     img_paths: list[str]
 
@@ -70,11 +71,9 @@ def load_split(path: Path) -> Split:
         else:  # A-NeRF's Mixamo files: white background set in memory
             backgrounds = torch.ones(1, h, w, 3).expand(n, h, w, 3)
         centers = np.array([data.center(i) for i in range(n)], np.float32)
-        focals = np.broadcast_to(np.asarray(arrays["focals"], np.float32).reshape(-1), (n,))
-        c2ws = np.asarray(arrays["c2ws"], np.float32)
-        c2ws = np.broadcast_to(c2ws, (n, 4, 4)) if c2ws.shape[0] == 1 else c2ws
-        paths = arrays.get("img_paths")
-        img_paths = [p.decode() if isinstance(p, bytes) else str(p) for p in paths] if paths is not None else []
+        focals = np.array(arrays["focals"], np.float32).reshape(n)  # the reader gives one camera per image
+        c2ws = np.array(arrays["c2ws"], np.float32).reshape(n, 4, 4)
+        img_paths = [str(p) for p in arrays.get("img_paths", [])]
         ext = arrays.get("ext_scale")
         return Split(
             path=Path(path),
@@ -82,8 +81,8 @@ def load_split(path: Path) -> Split:
             masks=torch.from_numpy(everything["masks"]),
             sampling_masks=torch.from_numpy(everything["sampling_masks"]),
             backgrounds=backgrounds,
-            c2ws=torch.from_numpy(np.ascontiguousarray(c2ws)),
-            focals=torch.from_numpy(np.ascontiguousarray(focals)),
+            c2ws=torch.from_numpy(c2ws),
+            focals=torch.from_numpy(focals),
             centers=torch.from_numpy(centers),
             pose_idxs=torch.as_tensor(np.asarray(data.pose_idxs), dtype=torch.long),
             kp3d=torch.as_tensor(arrays["kp3d"], dtype=torch.float32),
@@ -91,6 +90,7 @@ def load_split(path: Path) -> Split:
             skts=torch.as_tensor(arrays["skts"], dtype=torch.float32),
             rest_pose=torch.as_tensor(arrays["rest_pose"], dtype=torch.float32) if "rest_pose" in arrays else None,
             gt_kp3d=torch.as_tensor(arrays["gt_kp3d"], dtype=torch.float32) if "gt_kp3d" in arrays else None,
+            gt_skts=torch.as_tensor(arrays["gt_skts"], dtype=torch.float32) if "gt_skts" in arrays else None,
             ext_scale=float(np.asarray(ext).reshape(-1)[0]) if ext is not None else None,
             img_paths=img_paths,
         )

@@ -10,29 +10,35 @@ The index is dense (``Σ cell_d * res^d``, dim 0 fastest) when ``res^3`` fits th
 CoherentPrime hash (XOR of ``cell_d * P_d``), both in uint32 and then ``% level_size``. Nothing is
 clamped: the ``+0.5`` offset makes the ``+1`` corner at x=1 land on index ``res`` and wrap, as in tcnn.
 
-Speed on CPU (scripts/bench_hashgrid.py; 65,536 points, 24 bones, L16 F2 T19, 2 cores): the custom
-autograd Function below sorts points by bone (so each level's gathers stay in one 4 MB table), gathers
-``F=2`` entries as one complex64 and scatters the param gradient with one 1-D ``index_add_``; see the
-benchmark for the naive-autograd comparison.
+Speed on CPU (scripts/bench_hashgrid.py; 65,536 points, 24 bones, L16 F2 T19, AMD EPYC, 2 threads,
+best of 5): forward ~110 ms; forward+backward ~250 ms with ``inplace_grad`` (~620 ms when backward must
+allocate a fresh dense gradient) vs ~930 ms through plain autograd (``hashgrid_naive``). What matters,
+in order: page faults of fresh large tensors (work level by level, reuse ``.grad``), a 1-D
+``index_add_`` on a complex64 view (F=2 entries as one element) instead of the per-row 2-D path, the
+per-level scatters run on 2 threads, int32 index math with points as the fast axis. Sorting points by
+bone helps only ~5-10% for uniform points.
 
-Optimizer cost (same machine, 24 bones x 14,229,504 params = 341 M floats, 1.37 GB per copy): a dense
-``torch.optim.Adam`` step takes ~1.9 s with the default CPU for-loop implementation, ~0.8 s with
-``foreach=True`` and ~0.11 s with ``fused=True`` -> use ``fused=True`` on CPU. Allocating a fresh dense
-1.37 GB gradient costs another ~0.3-0.6 s of page faults per step; ``inplace_grad=True`` plus
-``optimizer.zero_grad(set_to_none=False)`` avoids it (~30 ms to zero instead). A "touched rows only"
-(lazy) Adam would touch ≤8.4 M of 170 M entries per step but is not needed once Adam is fused.
+Optimizer cost (same machine, 24 bones x 14,229,504 params = 341 M floats, 1.37 GB per copy): one dense
+``torch.optim.Adam`` step takes ~1.9-2.6 s with the default CPU for-loop implementation, ~0.8-2.0 s with
+``foreach=True`` and ~0.11-0.2 s with ``fused=True`` -> use ``fused=True`` on CPU, then the step is
+cheaper than forward+backward. Allocating a fresh dense 1.37 GB gradient costs ~0.4-0.6 s of page faults
+per step; ``inplace_grad=True`` with ``optimizer.zero_grad(set_to_none=False)`` avoids it (~30 ms to zero
+instead). A "touched entries only" (lazy, SparseAdam-like) step would touch <= 8.4 M of 170 M entries
+per step, but with fused Adam it would save ~0.1-0.2 s at the price of different Adam semantics: not done.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from fast_anerf.encoding.backend import resolve_backend, tcnn_module
 
@@ -108,9 +114,7 @@ class HashGridConfig:
     @property
     def dense_levels(self) -> list[bool]:
         """True where a level is indexed densely (``res^3 <= level size``), False where hashed."""
-        return [
-            r <= MAX_DENSE_RES and r**3 <= s for r, s in zip(self.resolutions, self.level_sizes, strict=True)
-        ]
+        return [r <= MAX_DENSE_RES and r**3 <= s for r, s in zip(self.resolutions, self.level_sizes, strict=True)]
 
     @property
     def n_entries(self) -> int:
@@ -241,11 +245,18 @@ def _interp(w: Tensor, vals: Tensor) -> Tensor:
     return out
 
 
-@functools.cache
+_POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}  # per (pid, threads): forked children get new ones
+
+
 def _scatter_pool() -> ThreadPoolExecutor | None:
     """Threads for the per-level gradient scatters (None with a single torch thread)."""
     n = torch.get_num_threads()
-    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="hashgrid") if n > 1 else None
+    if n < 2:
+        return None
+    key = (os.getpid(), n)
+    if key not in _POOL:
+        _POOL[key] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="hashgrid")
+    return _POOL[key]
 
 
 class _HashGridFunction(torch.autograd.Function):
@@ -258,7 +269,7 @@ class _HashGridFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bone_ids, params, config, save_corners, inplace_grad):
         n, F, L = len(x), config.n_features_per_level, config.n_levels
-        # Sorting by bone keeps each level's gathers inside one bone's table (cache locality).
+        # Sorting by bone keeps each level's gathers inside one bone's table (cache locality, ~5-10%).
         order = torch.argsort(bone_ids)
         x_t = x.detach()[order].to(torch.float64).t()  # [3, N]
         base = _bases(bone_ids[order], config, len(params))
@@ -278,6 +289,7 @@ class _HashGridFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # no double backward (e.g. eikonal terms): a clear error instead of wrong zeros
     def backward(ctx, grad_out):
         config = ctx.config
         F, L = config.n_features_per_level, config.n_levels
@@ -286,7 +298,7 @@ class _HashGridFunction(torch.autograd.Function):
         g = grad_out[order].reshape(-1, L, F)  # [N, L, F] in sorted order
         units = per = grad_params = grad_xs = None
         if ctx.needs_input_grad[2]:
-            if ctx.inplace_grad and not torch.is_grad_enabled() and params.grad is not None:
+            if ctx.inplace_grad and params.grad is not None:
                 target = params.grad  # add straight into the existing .grad; autograd then gets None
             else:
                 target = grad_params = torch.zeros_like(params, dtype=torch.float32)
@@ -409,9 +421,7 @@ class MultiBoneHashGrid(nn.Module):
             ``[N, L*F]`` float32 features; column ``l*F + f`` is feature ``f`` of level ``l``.
         """
         if x.ndim != 2 or x.shape[1] != 3 or bone_ids.shape != x.shape[:1]:
-            raise ValueError(
-                f"expected x [N, 3] and bone_ids [N], got {tuple(x.shape)}, {tuple(bone_ids.shape)}"
-            )
+            raise ValueError(f"expected x [N, 3] and bone_ids [N], got {tuple(x.shape)}, {tuple(bone_ids.shape)}")
         x = x.to(torch.float32)
         if len(x) == 0:
             return x.new_zeros(0, self.n_output_dims)
@@ -432,9 +442,7 @@ class MultiBoneHashGrid(nn.Module):
         if self._tcnn_native is None:
             enc = tcnn.Encoding(3, self.config.tcnn_config(), dtype=torch.float32)
             if enc.params.numel() != self.config.n_params:
-                raise RuntimeError(
-                    f"tcnn has {enc.params.numel()} params, layout says {self.config.n_params}"
-                )
+                raise RuntimeError(f"tcnn has {enc.params.numel()} params, layout says {self.config.n_params}")
             self._tcnn_native = enc.native_tcnn_module
         order = torch.argsort(bone_ids)
         counts = torch.bincount(bone_ids, minlength=self.n_bones).tolist()

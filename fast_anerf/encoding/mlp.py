@@ -166,9 +166,7 @@ class TcnnMLP(nn.Module):
         pad = -n % TCNN_BATCH_GRANULARITY
         xp = torch.nn.functional.pad(x.to(torch.float32), (0, 0, 0, pad)) if pad else x.to(torch.float32)
         params = self.params.to(self._tcnn_dtype).contiguous()
-        out = tcnn.modules._module_function.apply(
-            self._tcnn_native, xp.contiguous(), params, self._tcnn_loss_scale
-        )
+        out = tcnn.modules._module_function.apply(self._tcnn_native, xp.contiguous(), params, self._tcnn_loss_scale)
         return out[:n, : self.n_output_dims].to(torch.float32)
 
     def __getstate__(self) -> dict:

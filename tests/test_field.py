@@ -1,0 +1,92 @@
+"""The fast field and the renderer: support inside the bone boxes, rigid invariance, gradients."""
+
+import numpy as np
+import pytest
+import torch
+
+from fast_anerf.bone_boxes import bone_boxes
+from fast_anerf.config import FastFieldConfig, RunConfig
+from fast_anerf.data.synthetic import builtin_rest_pose
+from fast_anerf.model import Character
+from fast_anerf.renderer import RenderSettings, render_rays
+from fast_anerf.skeleton import axis_angle_to_matrix, pose_skeleton
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    model = Character(RunConfig(), torch.as_tensor(builtin_rest_pose()), n_frame_codes=3, backend="torch")
+    with torch.no_grad():  # a random, non-trivial field (the default init is ~0 everywhere)
+        model.field.grid.params.uniform_(-1, 1)
+    return model
+
+
+def _posed(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    bones = torch.randn(24, 3, generator=g) * 0.3
+    root = torch.tensor([0.1, -0.2, 0.3])
+    return pose_skeleton(torch.as_tensor(builtin_rest_pose()), bones, root)
+
+
+def test_density_is_zero_outside_every_box_and_positive_inside():
+    model = _model()
+    kp3d, skts = _posed()
+    x = torch.randn(4000, 3) * 0.8 + kp3d[0]
+    x_local = torch.einsum("jab,nb->nja", skts[:, :3, :3], x) + skts[:, :3, 3]
+    inside = ((x_local >= model.box_min) & (x_local <= model.box_max)).all(-1).any(-1)
+    sigma = model.field.density(x_local)
+    assert inside.any() and (~inside).any()
+    assert torch.all(sigma[~inside] == 0)
+    assert (sigma[inside] > 0).float().mean() > 0.9  # zero only on the box faces
+
+
+def test_render_is_invariant_to_a_rigid_motion_of_the_scene():
+    model = _model()
+    _, skts = _posed()
+    g = torch.Generator().manual_seed(1)
+    rays_o = torch.randn(256, 3, generator=g) * 0.1 + torch.tensor([0.0, 0.0, 3.0])
+    target = torch.randn(256, 3, generator=g) * 0.3
+    rays_d = target - rays_o
+    codes = torch.zeros(256, dtype=torch.long)
+    settings = RenderSettings(step_size=0.004)
+    out_a = render_rays(model, rays_o, rays_d, skts, codes, torch.ones(3), settings)
+    # Move camera rays and skeleton together by a rigid transform T: x' = R x + t, skts' = skts @ T^-1.
+    rot = axis_angle_to_matrix(torch.tensor([0.3, -1.1, 0.5]))
+    trans = torch.tensor([0.5, 1.0, -2.0])
+    t_inv = torch.eye(4)
+    t_inv[:3, :3] = rot.T
+    t_inv[:3, 3] = -rot.T @ trans
+    out_b = render_rays(model, rays_o @ rot.T + trans, rays_d @ rot.T, skts @ t_inv, codes, torch.ones(3), settings)
+    assert out_a["acc"].max() > 0.2  # the rays see the body
+    torch.testing.assert_close(out_a["rgb"], out_b["rgb"], atol=2e-4, rtol=1e-3)
+
+
+def test_gradients_reach_the_pose_through_skts():
+    model = _model()
+    _, skts = _posed()
+    skts = skts.clone().requires_grad_(True)
+    rays_o = torch.tensor([[0.0, 0.0, 3.0]]).expand(64, 3)
+    rays_d = torch.randn(64, 3, generator=torch.Generator().manual_seed(2)) * 0.1 - rays_o
+    out = render_rays(model, rays_o, rays_d, skts, torch.zeros(64, dtype=torch.long), torch.ones(3), RenderSettings())
+    out["rgb"].sum().backward()
+    assert torch.isfinite(skts.grad).all()
+    assert (skts.grad.abs().sum(dim=(1, 2)) > 0).sum() >= 5  # several bones receive a gradient
+
+
+@pytest.mark.parametrize("motion", ["walk", "squat", "jumping_jacks", "wave"])
+def test_bone_boxes_cover_the_built_in_body(motion):
+    from fast_anerf.data.motions import MOTIONS
+    from fast_anerf.data.synthetic import Character as Body
+    from fast_anerf.data.synthetic import canonical_to_world, pose_arrays
+
+    body = Body()
+    cfg = FastFieldConfig()
+    rest = torch.as_tensor(body.rest_pose).float()
+    box_min, box_max = bone_boxes(rest, cfg.box_pad, cfg.torso_pad, cfg.head_extent, cfg.hand_extent, cfg.foot_extent)
+    bones, roots = canonical_to_world(*MOTIONS[motion](6))
+    poses = pose_arrays(body.rest_pose, bones, roots)
+    for t in (1, 4):
+        verts = torch.as_tensor(body.pose(bones[t], roots[t])[0]).float()
+        skts = torch.as_tensor(poses["skts"][t])
+        local = torch.einsum("jab,vb->vja", skts[:, :3, :3], verts) + skts[:, :3, 3]
+        inside = ((local >= box_min) & (local <= box_max)).all(-1).any(-1)
+        assert inside.float().mean() > 0.999, np.flatnonzero(~inside.numpy())[:10]
