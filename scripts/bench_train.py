@@ -32,7 +32,7 @@ def run_field(field: str, args, out_root: Path) -> dict:
         Train(
             data=args.data,
             out=run_dir,
-            preset=PRESETS[field],
+            preset=args.fast_preset if field == "fast" else PRESETS[field],
             steps=10**9,
             device=args.device,
             gt_poses=args.gt_poses,
@@ -67,7 +67,7 @@ def run_field(field: str, args, out_root: Path) -> dict:
     trainer.save()
     return {
         "field": field,
-        "preset": PRESETS[field],
+        "preset": args.fast_preset if field == "fast" else PRESETS[field],
         "describe": trainer.model.describe(),
         "steps": trainer.step,
         "seconds": round(trainer.elapsed, 1),
@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--fields", nargs="+", default=["fast", "anerf"], choices=list(PRESETS))
     parser.add_argument("--data", type=Path, default=None, help="folder with train/test_view/test_pose .h5")
+    parser.add_argument("--fast-preset", default="demo", help="preset of the fast field (gpu on a GPU)")
     parser.add_argument("--gt-poses", action="store_true", help="train on the true poses (no pose noise)")
     parser.add_argument("--eval-every-s", type=float, default=60.0)
     parser.add_argument("--eval-frames", type=int, default=8)
