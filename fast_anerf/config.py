@@ -77,6 +77,15 @@ class TrainConfig:
     gt_poses: bool = False  # train on the file's true poses (gt_skts) instead of its estimated ones
     cull_to_boxes: bool = True  # evaluate the field only inside some bone box (the fast field is 0 outside)
     density_noise_std: float = 0.0  # A-NeRF's raw_noise_std (1.0 there), added before the density activation
+    # Empty-space skipping (fast field only; sampling/occupancy.py): per-bone occupancy grids, nerfacc's rule.
+    occupancy: bool = True  # march only through occupied cells and stop rays once opaque
+    occ_resolution: int = 24  # cells per axis of each bone's box
+    occ_update_every: int = 16  # training steps between grid updates
+    occ_warmup_steps: int = 256  # before this step every update evaluates every cell
+    occ_ema_decay: float = 0.95
+    occ_threshold: float = 0.01  # occupied if sigma * step (one step's optical thickness) exceeds this
+    early_stop_eps: float = 1e-4  # drop samples once the transmittance falls below this
+    alpha_thre: float = 0.0  # drop samples with opacity below min(this, mean occupancy); 0 = keep all
     # Optimiser: Adam with exponential decay lr = lr * decay_rate ** (step / decay_steps).
     lr: float = 1e-1  # hash grids: 0.1 learned ~2x faster than Instant-NGP's 1e-2 here (measured)
     lr_mlp: float = 1e-2
@@ -95,6 +104,17 @@ class TrainConfig:
     backend: Literal["auto", "torch", "tcnn"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    # Pose refinement (A-NeRF §3): "auto" refines when the data's poses are estimates (they differ from
+    # gt_kp3d, or there is no gt_kp3d) and training does not use --gt-poses.
+    refine_poses: Literal["auto", "on", "off"] = "auto"
+    pose_lr: float = 1e-3
+    pose_step_every: int = 1  # A-NeRF steps its pose optimiser every 20-50 iterations (of 500k)
+    pose_start: int = 200  # poses move after this many steps (the body needs a rough shape first)
+    pose_stop: int = 0  # poses freeze from this step on (A-NeRF's --opt_pose_stop); 0 = never
+    pose_reg_coef: float = 2.0  # A-NeRF's opt_pose_coef
+    pose_reg_tol: float = 0.01  # A-NeRF's opt_pose_tol
+    temp_coef: float = 0.0  # temporal smoothness weight (A-NeRF's --temp_coef 0.05 with --use_temp_loss)
+    multiview: bool = False  # images with the same kp_idxs share non-root rotations (A-NeRF's --multiview)
 
 
 @dataclass(frozen=True)

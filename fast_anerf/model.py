@@ -20,6 +20,7 @@ from fast_anerf.bone_boxes import bone_boxes, skeleton_height
 from fast_anerf.config import RunConfig
 from fast_anerf.errors import CheckpointError
 from fast_anerf.field import FastField
+from fast_anerf.sampling.occupancy import BoneOccupancy, density_in_poses
 
 CHECKPOINT_VERSION = 1
 
@@ -42,6 +43,10 @@ class Character(nn.Module):
             self.field: nn.Module = FastField(n_frame_codes, box_min, box_max, self.height, c, backend=backend)
         else:
             self.field = ANeRFField(n_frame_codes, config.anerf)
+        # Per-bone occupancy grids (fast field only; saved with the weights, see sampling/occupancy.py).
+        self.occupancy = (
+            BoneOccupancy(box_min, box_max, config.train.occ_resolution) if self.field_type == "fast" else None
+        )
 
     @property
     def field_type(self) -> str:
@@ -49,6 +54,20 @@ class Character(nn.Module):
 
     def describe(self) -> str:
         return self.field.describe()
+
+    def update_occupancy(self, step: int, skts: torch.Tensor, generator: torch.Generator | None = None) -> bool:
+        """nerfacc-style occupancy update at training ``step`` (every ``occ_update_every`` steps).
+
+        ``skts [F, 24, 4, 4]``: the training poses; each visited cell's density is evaluated in a random one.
+        Returns whether the grids changed.
+        """
+        cfg = self.config.train
+        if self.occupancy is None or not cfg.occupancy:
+            return False
+        eval_fn = density_in_poses(self.field, skts, cfg.step_size * self.height, generator)
+        return self.occupancy.update(
+            step, eval_fn, generator, cfg.occ_threshold, cfg.occ_ema_decay, cfg.occ_warmup_steps, cfg.occ_update_every
+        )
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

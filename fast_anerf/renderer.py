@@ -13,8 +13,8 @@ import torch
 from fast_anerf.bone_boxes import ray_box_intervals
 from fast_anerf.data.rays import image_rays
 from fast_anerf.model import Character
-from fast_anerf.sampling.march import march_boxes
-from fast_anerf.sampling.volrend import accumulate, render_weights
+from fast_anerf.sampling.march import march_boxes, march_occupied
+from fast_anerf.sampling.volrend import accumulate, render_weights, visibility
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,9 @@ class RenderSettings:
     cull_to_boxes: bool = True
     density_noise_std: float = 0.0
     stratified: bool = False
+    occupancy: bool = True  # skip empty cells of the model's occupancy grids (fast field, fixed step)
+    early_stop_eps: float = 1e-4  # with occupancy: drop samples once the transmittance is below this
+    alpha_thre: float = 0.0  # with occupancy: drop samples less opaque than min(this, mean occupancy)
 
     @staticmethod
     def from_train(train_cfg, training: bool) -> RenderSettings:
@@ -35,6 +38,9 @@ class RenderSettings:
             cull_to_boxes=train_cfg.cull_to_boxes,
             density_noise_std=train_cfg.density_noise_std if training else 0.0,
             stratified=training,
+            occupancy=train_cfg.occupancy,
+            early_stop_eps=train_cfg.early_stop_eps,
+            alpha_thre=train_cfg.alpha_thre,
         )
 
 
@@ -77,7 +83,8 @@ def render_rays(
 
     Returns:
         ``rgb [R, 3]`` (composited on the background), ``acc [R]`` (opacity), ``depth [R]`` (t, where acc>0),
-        ``n_samples`` (scalar tensor: samples evaluated).
+        ``n_samples`` (scalar tensor: samples evaluated by the full field), ``n_candidates`` (samples whose
+        density was evaluated without gradients to choose them; equals ``n_samples`` without occupancy).
     """
     n_rays = rays_o.shape[0]
     origins, directions = rays_to_bones(rays_o, rays_d, skts)
@@ -85,17 +92,38 @@ def render_rays(
     t_in, t_out, hit = ray_box_intervals(origins.detach(), directions.detach(), model.box_min, model.box_max)
     ray_scale = rays_d.norm(dim=-1)  # world length per unit of t
     height = model.height
-    ray_idx, t_starts, t_ends = march_boxes(
-        t_in,
-        t_out,
-        hit,
-        ray_scale,
-        step=settings.step_size * height,
-        n_samples=settings.n_samples,
-        cull=settings.cull_to_boxes,
-        stratified=settings.stratified,
-        generator=generator,
-    )
+    occupancy = getattr(model, "occupancy", None)
+    if settings.occupancy and occupancy is not None and settings.n_samples == 0:
+        ray_idx, t_starts, t_ends = march_occupied(
+            t_in, t_out, hit, ray_scale, origins.detach(), directions.detach(), occupancy,
+            step=settings.step_size * height, stratified=settings.stratified, generator=generator,
+        )  # fmt: skip
+        n_candidates = ray_idx.numel()
+        if (settings.early_stop_eps > 0 or settings.alpha_thre > 0) and n_candidates:
+            # nerfacc's sigma_fn pass: densities without gradients pick the visible samples (stop each ray
+            # once opaque), so the expensive pass with gradients and colour runs on far fewer samples.
+            alpha_thre = min(settings.alpha_thre, float(occupancy.occs.mean()))
+            with torch.no_grad():
+                t_mid = 0.5 * (t_starts + t_ends)
+                x_cand = origins.detach()[ray_idx] + t_mid[:, None, None] * directions.detach()[ray_idx]
+                sigma = model.field.density(x_cand)
+                keep = visibility(
+                    sigma, t_starts, t_ends, ray_idx, n_rays, ray_scale, settings.early_stop_eps, alpha_thre
+                )
+            ray_idx, t_starts, t_ends = ray_idx[keep], t_starts[keep], t_ends[keep]
+    else:
+        ray_idx, t_starts, t_ends = march_boxes(
+            t_in,
+            t_out,
+            hit,
+            ray_scale,
+            step=settings.step_size * height,
+            n_samples=settings.n_samples,
+            cull=settings.cull_to_boxes,
+            stratified=settings.stratified,
+            generator=generator,
+        )
+        n_candidates = ray_idx.numel()
     t_mid = 0.5 * (t_starts + t_ends)
     x_local = origins[ray_idx] + t_mid[:, None, None] * directions[ray_idx]  # [P, 24, 3]
     d_local = directions[ray_idx] / ray_scale[ray_idx, None, None]  # unit length in every frame
@@ -106,7 +134,13 @@ def render_rays(
     depth = accumulate(weights, t_mid[:, None], ray_idx, n_rays)[:, 0] / acc.clamp_min(1e-6)
     background = background.expand(n_rays, 3) if background.dim() == 1 else background
     color = color + (1.0 - acc[:, None]) * background
-    return {"rgb": color, "acc": acc, "depth": depth, "n_samples": torch.tensor(ray_idx.numel())}
+    return {
+        "rgb": color,
+        "acc": acc,
+        "depth": depth,
+        "n_samples": torch.tensor(ray_idx.numel()),
+        "n_candidates": torch.tensor(n_candidates),
+    }
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ from fast_anerf.data.split import RayPool, Split, load_split
 from fast_anerf.errors import UserError
 from fast_anerf.evaluate import evaluate_split, find_eval_splits, format_table, public
 from fast_anerf.model import Character, load_character, read_checkpoint, save_checkpoint
+from fast_anerf.pose import PoseRefiner, RefinablePoses
 from fast_anerf.renderer import RenderSettings, render_rays
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -89,6 +90,18 @@ def default_rest_pose(split: Split) -> torch.Tensor:
     return rest * (data_len / bone_lengths(rest).mean())
 
 
+def wants_pose_refinement(cfg, split: Split) -> bool:
+    """``refine_poses`` "auto": refine when the poses are estimates (not --gt-poses, and differ from gt_kp3d)."""
+    if cfg.refine_poses != "auto":
+        return cfg.refine_poses == "on"
+    if cfg.gt_poses:
+        return False
+    gt = split.gt_kp3d
+    if gt is not None and gt.shape == split.kp3d.shape and torch.allclose(gt, split.kp3d, atol=1e-6):
+        return False  # e.g. SURREAL: the stored poses are the true ones
+    return True
+
+
 def build_optimizer(model: Character, cfg) -> torch.optim.Adam:
     """Adam with groups: hash grids (lr), MLPs (lr_mlp, small weight decay), appearance codes (lr_framecode)."""
     groups: dict[str, list] = {"grid": [], "mlp": [], "codes": []}
@@ -136,6 +149,10 @@ class Trainer:
             seed=args.seed if not args.resume else None,
             eval_every=args.eval_every,
             gt_poses=True if args.gt_poses else None,
+            refine_poses=args.refine_poses,
+            pose_stop=args.pose_stop,
+            temp_coef=args.temp_coef,
+            multiview=True if args.multiview else None,
             backend=args.backend if args.backend != "auto" else None,
             device=args.device if args.device != "auto" else None,
         )
@@ -156,6 +173,7 @@ class Trainer:
             )
         self.skts = (self.split.gt_skts if cfg.gt_poses else self.split.skts).to(self.device)
         self.pose_idxs = self.split.pose_idxs.to(self.device)
+        self.refiner = self._make_refiner() if wants_pose_refinement(cfg, self.split) else None
         self.step = 0
         self.elapsed = 0.0
         self.history: list[dict] = []
@@ -164,6 +182,31 @@ class Trainer:
         self.eval_splits = find_eval_splits(self.eval_dir) if self.eval_dir is not None else {}
         self._interrupted = False
         self._bad_steps = 0
+
+    def _make_refiner(self) -> PoseRefiner:
+        cfg, split = self.config.train, self.split
+        time_ids = None
+        if cfg.multiview:
+            time_ids = self._multiview_time_ids()
+        poses = RefinablePoses(split.bones, split.kp3d[:, 0], self.model.rest_pose, time_ids).to(self.device)
+        # One image path per pose row (its first image) identifies consecutive frames for the temporal loss.
+        first_image = {int(row): i for i, row in reversed(list(enumerate(split.pose_idxs.tolist())))}
+        paths = [split.img_paths[first_image[r]] for r in range(poses.n_poses)] if split.img_paths else []
+        return PoseRefiner(poses, cfg.pose_lr, cfg.pose_step_every, cfg.pose_start, cfg.pose_stop,
+                           cfg.pose_reg_coef, cfg.pose_reg_tol, cfg.temp_coef, paths)  # fmt: skip
+
+    def _multiview_time_ids(self) -> torch.Tensor:
+        from fast_anerf.data.anerf_h5 import open_anerf_h5
+
+        with open_anerf_h5(self.train_path) as data:
+            if "kp_idxs" not in data.arrays:
+                raise UserError(f"{self.train_path}: --multiview needs the key 'kp_idxs' (the time instant of each "
+                                "image) to group views; add it or drop --multiview")  # fmt: skip
+            kp_idxs = torch.as_tensor(data.arrays["kp_idxs"], dtype=torch.long)
+        rows = self.split.pose_idxs
+        time_of_row = torch.zeros(self.split.skts.shape[0], dtype=torch.long)
+        time_of_row[rows] = kp_idxs
+        return time_of_row.unique(return_inverse=True)[1]
 
     # ----------------------------------------------------------------------------------------------
     def _restore(self, state: dict) -> None:
@@ -177,6 +220,8 @@ class Trainer:
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed_s"])
         self.history = list(state.get("history", []))
+        if self.refiner is not None and "poses" in state:
+            self.refiner.load_state_dict(state["poses"])
 
     def save(self) -> Path:
         save_checkpoint(
@@ -189,6 +234,7 @@ class Trainer:
             torch_rng=torch.get_rng_state(),
             data=str(self.train_path),
             history=self.history,
+            poses=self.refiner.state_dict() if self.refiner is not None else None,
         )
         return self.ckpt_path
 
@@ -203,8 +249,18 @@ class Trainer:
         cfg = self.config.train
         self.model.train()
         self.model.field.update_schedule(self.step)
+        if cfg.occupancy and cfg.occ_update_every > 0 and self.step % cfg.occ_update_every == 0:
+            # Occupancy grids from the field's density in the current training poses (sampling/occupancy.py).
+            with torch.no_grad():
+                all_skts = self.skts if self.refiner is None else self.refiner.poses()[1]
+            self.model.update_occupancy(self.step, all_skts, self.generator)
         batch = {k: v.to(self.device) for k, v in self.pool.next_batch().items()}
-        skts = self.skts[self.pose_idxs[batch["image_idx"]]]
+        rows = self.pose_idxs[batch["image_idx"]]
+        pose_loss = torch.zeros((), device=self.device)
+        if self.refiner is not None:
+            skts, pose_loss = self.refiner.skts(rows, self.step + 1)
+        else:
+            skts = self.skts[rows]
         settings = RenderSettings.from_train(cfg, training=True)
         out = render_rays(
             self.model,
@@ -216,7 +272,7 @@ class Trainer:
             settings,
             generator=self.generator,
         )
-        loss = photometric_loss(out["rgb"], batch["rgb"], cfg.loss)
+        loss = photometric_loss(out["rgb"], batch["rgb"], cfg.loss) + pose_loss
         # Keep the (large, dense) grid gradient buffer: the grid's backward adds into it in place.
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
@@ -225,6 +281,8 @@ class Trainer:
         if not (torch.isfinite(loss) and grads_finite):
             self._bad_steps += 1
             print(f"step {self.step}: non-finite loss or gradient, step skipped")
+            if self.refiner is not None:
+                self.refiner.optimizer.zero_grad(set_to_none=True)
             if self._bad_steps >= cfg.max_bad_steps:
                 raise UserError(
                     f"{self._bad_steps} consecutive non-finite steps at step {self.step}; stopping. "
@@ -234,11 +292,14 @@ class Trainer:
         self._bad_steps = 0
         self._set_lr()
         self.optimizer.step()
+        if self.refiner is not None:
+            self.refiner.after_backward(self.step)
         mse = float((out["rgb"].detach() - batch["rgb"]).pow(2).mean())
         return {
             "loss": float(loss.detach()),
             "psnr": -10 * math.log10(max(mse, 1e-10)),
             "samples_per_ray": int(out["n_samples"]) / batch["rgb"].shape[0],
+            "candidates_per_ray": int(out["n_candidates"]) / batch["rgb"].shape[0],  # density-only pass
         }
 
     def evaluate(self, max_frames: int | None) -> dict[str, dict]:
@@ -330,12 +391,31 @@ class Trainer:
             "config": self.config.to_dict(),
             "splits": final,
             "train_psnr_last": last["psnr"] if last else None,
+            "poses": self.finish_poses(),
         }
         write_json_atomic(self.out / "eval.json", summary)
         print(f"trained {self.step} steps in {self.elapsed:.1f}s; checkpoint {path}; metrics {self.out / 'eval.json'}")
         if writer is not None:
             writer.close()
         return summary
+
+    def finish_poses(self) -> dict | None:
+        """Pose errors before/after refinement (printed) and the refined poses exported as an A-NeRF .h5."""
+        if self.refiner is None:
+            return None
+        from fast_anerf.pose_io import export_refined_poses
+        from fast_anerf.pose_metrics import format_pose_table, pose_metrics
+
+        refined = self.refiner.poses.export()
+        path = export_refined_poses(self.train_path, self.out / "refined_poses.h5", refined)
+        result: dict = {"refined_poses": str(path)}
+        gt = self.split.gt_kp3d
+        if gt is not None and gt.shape == self.split.kp3d.shape:
+            result["before"] = pose_metrics(self.split.kp3d, gt, self.split.ext_scale)
+            result["after"] = pose_metrics(refined["kp3d"], gt, self.split.ext_scale)
+            print(format_pose_table(result["before"], result["after"]))
+        print(f"refined poses: {path}")
+        return result
 
     def _on_sigint(self, signum, frame) -> None:
         if self._interrupted:  # a second Ctrl-C: give up immediately (the last checkpoint is intact)

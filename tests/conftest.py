@@ -13,3 +13,29 @@ def tiny_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_data")
     generate_dataset(out, n_frames=8, resolution=48, seed=0, verbose=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_data, tmp_path_factory) -> Path:
+    """A checkpoint trained for 40 small steps on ``tiny_data``'s train.h5 (~5 s); a blurry but real body.
+
+    The data is passed as the .h5 file, so training ends without a held-out evaluation.
+    """
+    from dataclasses import replace
+
+    import fast_anerf.train as train_module
+    from fast_anerf.cli import Train
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    original = train_module.load_preset
+
+    def small(name):
+        cfg = original(name)
+        small_train = replace(cfg.train, rays_per_batch=256, images_per_batch=8, log_every=20, step_size=0.01)
+        return replace(cfg, train=small_train)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module, "load_preset", small)
+        args = Train(data=tiny_data / "train.h5", out=out, steps=40, eval_every=0, device="cpu", backend="torch")
+        train_module.Trainer(args).run()
+    return out / "checkpoint.pt"

@@ -1,16 +1,23 @@
 """Placing samples along rays through the posed bone boxes, returned packed (nerfacc's format).
 
-Two placements:
+Three placements:
 
-* **Fixed step** (the fast field): candidates ``t_k = near + offset + k * dt`` with ``dt = step / |d|`` (so the
-  step is the same world length on every ray), as nerfacc's grid marching with ``cone_angle=0``; a
-  candidate is kept when its midpoint lies inside some posed bone box (the field is exactly 0 elsewhere),
-  so rays that miss every box cost nothing.
-* **Stratified** (A-NeRF): ``n_samples`` jittered samples evenly between near and far, all kept unless
-  ``cull`` is set.
+* **Occupancy marching** (the fast field, ``march_occupied``): candidates at a fixed step
+  ``t_k = near + (offset + k) * dt`` with ``dt = step / |d|`` (the same world length on every ray), as
+  nerfacc's grid marching with ``cone_angle=0`` (the t-grid is anchored at the ray's near, not at each box
+  entry). A candidate is kept when its midpoint lies in a posed bone box *and* in an occupied cell of that
+  bone's occupancy grid (``occupancy.py``) for at least one such bone. On CPU this is plain PyTorch; on CUDA
+  nerfacc's ``traverse_grids`` marches each bone's grid with the rays moved into that bone's frame, and the
+  per-bone sample sets are merged (the shared t-grid makes the same candidate identical in every bone).
+* **Fixed step in the boxes** (``march_boxes``, occupancy off): the same candidates, kept when the midpoint
+  lies inside some posed bone box (the field is exactly 0 elsewhere).
+* **Stratified** (A-NeRF, ``march_boxes`` with ``n_samples``): ``n_samples`` jittered samples evenly between
+  near and far, all kept unless ``cull`` is set.
 
 ``near``/``far`` of a ray is the span of its entries into / exits from the bone boxes (tighter than
-A-NeRF's cylinder). ``offset`` is uniform in ``[0, dt)`` per ray when ``stratified`` (training), else 0.
+A-NeRF's cylinder), so rays that miss every box produce no sample. ``offset`` is uniform in ``[0, 1)`` per
+ray when ``stratified`` (training), else 0. Early termination (dropping samples behind opaque ones) needs
+densities and lives in the renderer (``volrend.visibility``).
 """
 
 from __future__ import annotations
@@ -18,6 +25,34 @@ from __future__ import annotations
 import math
 
 import torch
+
+
+def ray_span(t_in: torch.Tensor, t_out: torch.Tensor, hit: torch.Tensor):
+    """``near [R]``, ``far [R]``, ``any_hit [R]``: the span of each ray's box intervals (0, 0 on a miss)."""
+    inf = torch.full_like(t_in, float("inf"))
+    any_hit = hit.any(dim=-1)
+    near = torch.where(hit, t_in, inf).amin(dim=-1)
+    far = torch.where(hit, t_out, -inf).amax(dim=-1)
+    near = torch.where(any_hit, near, torch.zeros_like(near))
+    far = torch.where(any_hit, far, torch.zeros_like(far))
+    return near, far, any_hit
+
+
+def _jitter(n_rays: int, stratified: bool, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    if stratified:
+        return torch.rand(n_rays, generator=generator, device="cpu").to(device=like.device, dtype=like.dtype)
+    return torch.zeros(n_rays, device=like.device, dtype=like.dtype)
+
+
+def _fixed_step_grid(near, far, ray_scale, step, jitter, max_candidates):
+    """The t-grid of every ray: ``anchor [R]`` (first candidate's start), ``dt [R]``, ``n_cand`` (columns)."""
+    if step <= 0:
+        raise ValueError(f"marching: the step must be > 0 (world units), got {step}; set train.step_size > 0")
+    dt = step / ray_scale
+    anchor = near + jitter * dt
+    span = float(((far - anchor) / dt).max()) if near.numel() else 0.0
+    n_cand = max(1, min(max_candidates, math.ceil(span)))
+    return anchor, dt, n_cand
 
 
 def march_boxes(
@@ -49,36 +84,24 @@ def march_boxes(
     """
     n_rays = t_in.shape[0]
     device = t_in.device
-    inf = torch.full_like(t_in, float("inf"))
-    near = torch.where(hit, t_in, inf).amin(dim=-1)  # [R]
-    far = torch.where(hit, t_out, -inf).amax(dim=-1)
-    any_hit = hit.any(dim=-1)
-    near = torch.where(any_hit, near, torch.zeros_like(near))
-    far = torch.where(any_hit, far, torch.zeros_like(far))
-    if n_samples > 0:
-        n_cand = n_samples
-        dt = (far - near) / n_samples  # [R]
-    else:
-        if step <= 0:
-            raise ValueError("march_boxes: give step > 0 or n_samples > 0")
-        dt = step / ray_scale
-        span = float(((far - near) / dt).max()) if n_rays else 0.0
-        n_cand = max(1, min(max_candidates, math.ceil(span)))
-    if stratified:
-        jitter = torch.rand(n_rays, generator=generator, device="cpu").to(device)
-    else:
-        jitter = torch.zeros(n_rays, device=device) if n_samples == 0 else torch.full((n_rays,), 0.5, device=device)
+    near, far, any_hit = ray_span(t_in, t_out, hit)
     if n_samples > 0:
         # A-NeRF's stratified sampling: one sample per bin, at a jittered position inside it.
-        k = torch.arange(n_cand, device=device, dtype=t_in.dtype)
+        dt = (far - near) / n_samples  # [R]
+        if stratified:
+            jitter = torch.rand(n_rays, generator=generator, device="cpu").to(device)
+        else:
+            jitter = torch.full((n_rays,), 0.5, device=device)
+        k = torch.arange(n_samples, device=device, dtype=t_in.dtype)
         t_starts = near[:, None] + k[None, :] * dt[:, None]
-        t_ends = t_starts + dt[:, None]
         mid = t_starts + jitter[:, None] * dt[:, None]
     else:
+        anchor, dt, n_cand = _fixed_step_grid(
+            near, far, ray_scale, step, _jitter(n_rays, stratified, generator, near), max_candidates
+        )
         k = torch.arange(n_cand, device=device, dtype=t_in.dtype)
-        t_starts = near[:, None] + (jitter[:, None] + k[None, :]) * dt[:, None]
-        t_ends = t_starts + dt[:, None]
-        mid = 0.5 * (t_starts + t_ends)
+        t_starts = anchor[:, None] + k[None, :] * dt[:, None]
+        mid = t_starts + 0.5 * dt[:, None]
     keep = any_hit[:, None] & (mid < far[:, None])  # [R, K]
     if cull:
         inside = (mid[:, :, None] >= t_in[:, None, :]) & (mid[:, :, None] <= t_out[:, None, :]) & hit[:, None, :]
@@ -89,4 +112,113 @@ def march_boxes(
         centre = mid[ray_indices, k_idx]
         half = 0.5 * dt[ray_indices]
         return ray_indices, centre - half, centre + half
-    return ray_indices, t_starts[ray_indices, k_idx], t_ends[ray_indices, k_idx]
+    t0 = t_starts[ray_indices, k_idx]
+    return ray_indices, t0, t0 + dt[ray_indices]
+
+
+def march_occupied(
+    t_in: torch.Tensor,
+    t_out: torch.Tensor,
+    hit: torch.Tensor,
+    ray_scale: torch.Tensor,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    occupancy,
+    step: float,
+    stratified: bool = False,
+    generator: torch.Generator | None = None,
+    max_candidates: int = 1024,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fixed-step samples whose midpoint is in an occupied cell of some bone whose box contains it.
+
+    Args:
+        t_in, t_out, hit: ``[R, 24]`` per-ray, per-bone box intervals (``bone_boxes.ray_box_intervals``).
+        ray_scale: ``[R]`` length of each ray direction (world units per unit of t).
+        origins, directions: ``[R, 24, 3]`` the rays in every bone frame (``renderer.rays_to_bones``), detached.
+        occupancy: ``BoneOccupancy`` (``binaries [24, R, R, R]``, ``box_min``/``box_size``, ``occupied``).
+        step: world-space step between samples.
+        stratified: one uniform random offset in ``[0, 1)`` step per ray (training).
+        generator: CPU generator for the offsets, for reproducible runs.
+        max_candidates: cap on candidates per ray.
+        backend: ``"auto"`` (nerfacc on CUDA tensors, torch elsewhere), ``"torch"`` or ``"nerfacc"``.
+
+    Returns:
+        Packed ``ray_indices [P]`` (sorted by ray, then t), ``t_starts [P]``, ``t_ends [P]`` (``t_ends - t_starts
+        = step / |d|``), the same on both backends.
+    """
+    if backend not in ("auto", "torch", "nerfacc"):
+        raise ValueError(f"march_occupied: backend must be 'auto', 'torch' or 'nerfacc', got {backend!r}")
+    n_rays = t_in.shape[0]
+    near, far, any_hit = ray_span(t_in, t_out, hit)
+    jitter = _jitter(n_rays, stratified, generator, near)
+    anchor, dt, n_cand = _fixed_step_grid(near, far, ray_scale, step, jitter, max_candidates)
+    use_nerfacc = backend == "nerfacc" or (backend == "auto" and t_in.is_cuda)
+    if use_nerfacc:
+        if not t_in.is_cuda:
+            raise ValueError("march_occupied: backend 'nerfacc' needs CUDA tensors; use backend 'torch' on CPU")
+        ray_indices, k_idx = _occupied_nerfacc(
+            t_in, hit, ray_scale, origins, directions, occupancy, step, anchor, dt, far, any_hit, n_cand
+        )
+    else:
+        ray_indices, k_idx = _occupied_torch(t_in, t_out, hit, origins, directions, occupancy, anchor, dt, far, n_cand)
+    t_starts = anchor[ray_indices] + k_idx.to(anchor.dtype) * dt[ray_indices]
+    return ray_indices, t_starts, t_starts + dt[ray_indices]
+
+
+def _occupied_torch(t_in, t_out, hit, origins, directions, occupancy, anchor, dt, far, n_cand):
+    """``(ray_indices [P], k [P])`` of kept candidates, in plain PyTorch (CPU or CUDA)."""
+    n_rays = t_in.shape[0]
+    k = torch.arange(n_cand, device=t_in.device, dtype=t_in.dtype)
+    mid = anchor[:, None] + (k[None, :] + 0.5) * dt[:, None]  # [R, K]
+    # (ray, candidate, bone) triples whose midpoint is inside the bone's box (and before the ray's far).
+    inside = (mid[:, :, None] >= t_in[:, None, :]) & (mid[:, :, None] <= t_out[:, None, :]) & hit[:, None, :]
+    inside &= (mid < far[:, None])[:, :, None]
+    r, c, j = inside.nonzero(as_tuple=True)
+    x = origins[r, j] + mid[r, c, None] * directions[r, j]  # [T, 3] bone-local midpoints
+    occupied = occupancy.occupied(j, x)
+    keep = torch.zeros(n_rays * n_cand, dtype=torch.bool, device=t_in.device)
+    keep[(r * n_cand + c)[occupied]] = True  # a candidate survives if any containing bone marks it occupied
+    return keep.view(n_rays, n_cand).nonzero(as_tuple=True)  # row-major: sorted by ray, then t
+
+
+def _occupied_nerfacc(t_in, hit, ray_scale, origins, directions, occupancy, step, anchor, dt, far, any_hit, n_cand):
+    """The same candidates from nerfacc's CUDA grid traversal, one bone at a time (NEVER RUN: no GPU so far).
+
+    nerfacc marches normalised directions with a scalar step, so each bone gets unit directions and
+    ``t' = t |d|``; ``near_planes = anchor |d|`` anchors its t-grid where ours is. Its emitted midpoints are
+    mapped back to candidate indices ``k = floor((t_mid - anchor) / dt)`` (robust to its float32 stepping
+    drift), and the union over bones is taken with ``unique`` on ``ray * K + k`` (sorted: by ray, then t).
+    """
+    from nerfacc.grid import traverse_grids
+
+    scale = ray_scale.float()
+    aabbs = torch.cat([occupancy.box_min, occupancy.box_min + occupancy.box_size], dim=-1).float()  # [24, 6]
+    keys = []
+    for j in range(t_in.shape[1]):
+        mask = hit[:, j] & any_hit
+        if not bool(mask.any()):
+            continue
+        _, samples, _ = traverse_grids(
+            origins[:, j].float().contiguous(),
+            (directions[:, j] / ray_scale[:, None]).float().contiguous(),
+            occupancy.binaries[j : j + 1].contiguous(),
+            aabbs[j : j + 1].contiguous(),
+            near_planes=(anchor * scale).float().contiguous(),
+            far_planes=(far * scale).float().contiguous(),
+            step_size=float(step),
+            cone_angle=0.0,
+            rays_mask=mask.contiguous(),
+        )
+        ray = samples.ray_indices.long()
+        t_mid = samples.vals
+        if samples.is_valid is not None:
+            ray, t_mid = ray[samples.is_valid], t_mid[samples.is_valid]
+        k = torch.floor((t_mid.to(anchor.dtype) / ray_scale[ray] - anchor[ray]) / dt[ray]).long()
+        k = k.clamp(0, n_cand - 1)
+        keys.append(ray * n_cand + k)
+    if not keys:
+        empty = torch.zeros(0, dtype=torch.long, device=t_in.device)
+        return empty, empty
+    merged = torch.unique(torch.cat(keys))  # sorted
+    return merged // n_cand, merged % n_cand

@@ -75,3 +75,26 @@ def accumulate(
     src = weights[:, None] if values is None else weights[:, None] * values
     out = torch.zeros(n_rays, src.shape[-1], dtype=src.dtype, device=src.device)
     return out.index_add_(0, ray_indices, src)
+
+
+def visibility(
+    sigmas: torch.Tensor,
+    t_starts: torch.Tensor,
+    t_ends: torch.Tensor,
+    ray_indices: torch.Tensor,
+    n_rays: int,
+    ray_scale: torch.Tensor | None = None,
+    early_stop_eps: float = 1e-4,
+    alpha_thre: float = 0.0,
+) -> torch.Tensor:
+    """Which packed samples still matter: ``[P]`` bool, nerfacc's ``render_visibility_from_density``.
+
+    A sample is kept when the transmittance before it is ``>= early_stop_eps`` (the ray is not yet opaque:
+    early termination) and, if ``alpha_thre > 0``, its own opacity is ``>= alpha_thre``. Same arguments and
+    units as ``render_weights``; run it without gradients (it only chooses samples).
+    """
+    _, transmittance, alphas = render_weights(sigmas, t_starts, t_ends, ray_indices, n_rays, ray_scale)
+    keep = transmittance >= early_stop_eps
+    if alpha_thre > 0:
+        keep &= alphas >= alpha_thre
+    return keep

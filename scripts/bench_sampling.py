@@ -1,0 +1,232 @@
+"""Empty-space skipping on and off: samples per ray, training rays/s and held-out PSNR at equal steps.
+
+Trains the fast field on the built-in character twice from the same seed and initial weights, with the
+per-bone occupancy grids (``sampling/occupancy.py``) on and off (off = fixed-step samples everywhere inside
+the posed bone boxes). The two runs are interleaved in blocks of steps so that other processes sharing
+the CPU slow both alike. Reports, per run:
+
+* samples per training ray evaluated by the full field (with gradients and colour), and candidates per ray
+  whose density alone was evaluated without gradients to choose them (early termination), both averaged
+  over the last fifth of training (the converged grid);
+* training rays/s over all steps, and after the occupancy warm-up (every cell evaluated per update before);
+* held-out PSNR (test_view and test_pose, every frame) after the same number of steps;
+* samples per pixel and per box-hitting ray when rendering held-out images, and seconds per image.
+
+    python scripts/bench_sampling.py [--steps 2000] [--estimated-poses] [--out bench_sampling.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from fast_anerf.bone_boxes import ray_box_intervals
+from fast_anerf.cli import Train
+from fast_anerf.data.rays import image_rays
+from fast_anerf.data.split import load_split
+from fast_anerf.data.synthetic import default_data_dir, generate_dataset
+from fast_anerf.evaluate import public
+from fast_anerf.renderer import RenderSettings, rays_to_bones, render_rays
+from fast_anerf.train import Trainer
+
+
+def make_trainer(name: str, occupancy: bool, args) -> Trainer:
+    run_dir = args.runs / name
+    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    trainer = Trainer(
+        Train(
+            data=args.data,
+            out=run_dir,
+            preset=args.preset,
+            steps=args.steps,
+            device=args.device,
+            gt_poses=not args.estimated_poses,
+            eval_every=0,
+            seed=args.seed,
+        )
+    )
+    config = replace(trainer.config, train=replace(trainer.config.train, occupancy=occupancy))
+    trainer.config = config  # gates the grid updates and the render settings
+    trainer.model.config = config  # saved with the checkpoint
+    return trainer
+
+
+@torch.no_grad()
+def render_stats(trainer: Trainer, split_path: Path, n_frames: int) -> dict:
+    """Samples per pixel / per box-hitting ray and seconds per image when rendering held-out frames."""
+    model, split = trainer.model, load_split(split_path)
+    model.eval()
+    settings = RenderSettings.from_train(trainer.config.train, training=False)
+    frames = torch.linspace(0, split.n_images - 1, min(n_frames, split.n_images)).round().long().unique().tolist()
+    pixels = hit_rays = samples = candidates = 0
+    start = time.perf_counter()
+    for i in frames:
+        skts = split.skts[split.pose_idxs[i]].to(trainer.device)
+        rays_o, rays_d = image_rays(split.c2ws[i], float(split.focals[i]), tuple(split.centers[i].tolist()),
+                                    split.height, split.width)  # fmt: skip
+        rays_o, rays_d = rays_o.to(trainer.device), rays_d.to(trainer.device)
+        for s in range(0, rays_o.shape[0], trainer.config.train.chunk_rays):
+            o, d = rays_o[s : s + trainer.config.train.chunk_rays], rays_d[s : s + trainer.config.train.chunk_rays]
+            codes = torch.full((o.shape[0],), -1, dtype=torch.long, device=o.device)
+            out = render_rays(model, o, d, skts, codes, torch.ones(3, device=o.device), settings)
+            samples += int(out["n_samples"])
+            candidates += int(out["n_candidates"])
+            origins, directions = rays_to_bones(o, d, skts)
+            hit_rays += int(ray_box_intervals(origins, directions, model.box_min, model.box_max)[2].any(-1).sum())
+        pixels += rays_o.shape[0]
+    seconds = (time.perf_counter() - start) / len(frames)
+    return {
+        "samples_per_pixel": samples / pixels,
+        "samples_per_hit_ray": samples / max(hit_rays, 1),
+        "candidates_per_hit_ray": candidates / max(hit_rays, 1),
+        "seconds_per_image": seconds,
+        "frames": len(frames),
+    }
+
+
+def early_stop_ablation(trainer: Trainer, n_steps: int, block: int = 10) -> dict:
+    """Does the no-grad density pass (early termination) pay off? Rays/s and samples/ray with it and without.
+
+    Continues training the converged "on" run (after its evaluation) for ``n_steps`` steps per setting,
+    alternating blocks of ``block`` steps so both settings see the same load.
+    """
+    base = trainer.config
+    settings = {"early_stop": base.train.early_stop_eps or 1e-4, "no_early_stop": 0.0}
+    seconds = dict.fromkeys(settings, 0.0)
+    samples = {name: [] for name in settings}
+    done = 0
+    while done < n_steps:
+        for name, eps in settings.items():
+            trainer.config = replace(base, train=replace(base.train, early_stop_eps=eps))
+            for _ in range(block):
+                start = time.perf_counter()
+                stats = trainer.train_step()
+                seconds[name] += time.perf_counter() - start
+                if stats is not None:
+                    samples[name].append(stats["samples_per_ray"])
+        done += block
+    trainer.config = base
+    rays = trainer.pool.rays_per_image * trainer.pool.images_per_batch * done
+    return {
+        name: {"rays_per_s": rays / seconds[name], "samples_per_ray": sum(samples[name]) / max(len(samples[name]), 1)}
+        for name in settings
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--block", type=int, default=50, help="steps per run before switching to the other")
+    parser.add_argument("--preset", default="demo")
+    parser.add_argument("--data", type=Path, default=None, help="folder with train/test_view/test_pose .h5")
+    parser.add_argument("--estimated-poses", action="store_true", help="train on the noisy estimated poses")
+    parser.add_argument("--render-frames", type=int, default=4)
+    parser.add_argument("--ablation-steps", type=int, default=100, help="steps per setting (0 = skip)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("bench_sampling.json"))
+    parser.add_argument("--runs", type=Path, default=Path("runs/bench_sampling"))
+    args = parser.parse_args()
+    if args.data is None:
+        args.data = default_data_dir()
+        generate_dataset(args.data, verbose=False)
+
+    runs = {"on": make_trainer("skip_on", True, args), "off": make_trainer("skip_off", False, args)}
+    warmup = runs["on"].config.train.occ_warmup_steps
+    timing = {name: {"all": 0.0, "after_warmup": 0.0, "steps_after_warmup": 0} for name in runs}
+    tail = {name: [] for name in runs}  # per-step stats over the last fifth of training
+    rays_per_step = runs["on"].pool.rays_per_image * runs["on"].pool.images_per_batch
+    print(f"{runs['on'].model.describe()}; {args.steps} steps x {rays_per_step} rays, device {runs['on'].device}")
+    while runs["on"].step < args.steps:
+        for name, trainer in runs.items():
+            for _ in range(min(args.block, args.steps - trainer.step)):
+                start = time.perf_counter()
+                stats = trainer.train_step()
+                spent = time.perf_counter() - start
+                trainer.elapsed += spent
+                timing[name]["all"] += spent
+                if trainer.step > warmup:
+                    timing[name]["after_warmup"] += spent
+                    timing[name]["steps_after_warmup"] += 1
+                if stats is not None and trainer.step > 0.8 * args.steps:
+                    tail[name].append(stats)
+            last = trainer.history[-1] if trainer.history else {}
+            print(
+                f"[{name:>3}] step {trainer.step:5d}  {trainer.step * rays_per_step / timing[name]['all']:7.0f} rays/s"
+                + (f"  samples/ray {stats['samples_per_ray']:5.1f}" if stats else "")
+                + (f"  occupied {trainer.model.occupancy.occupied_fraction:.3f}" if name == "on" else "")
+                + (f"  psnr {last['psnr']:.2f}" if last else ""),
+                flush=True,
+            )
+
+    rows = {}
+    for name, trainer in runs.items():
+        final = {split: public(r) for split, r in trainer.evaluate(None).items()}
+        trainer.save()
+        t = timing[name]
+        rows[name] = {
+            "steps": trainer.step,
+            "train_seconds": round(t["all"], 1),
+            "rays_per_s": trainer.step * rays_per_step / t["all"],
+            "rays_per_s_after_warmup": t["steps_after_warmup"] * rays_per_step / max(t["after_warmup"], 1e-9),
+            "samples_per_ray": sum(s["samples_per_ray"] for s in tail[name]) / max(len(tail[name]), 1),
+            "candidates_per_ray": sum(s["candidates_per_ray"] for s in tail[name]) / max(len(tail[name]), 1),
+            "train_psnr_tail": sum(s["psnr"] for s in tail[name]) / max(len(tail[name]), 1),
+            "occupied_fraction": trainer.model.occupancy.occupied_fraction if name == "on" else 1.0,
+            "render": render_stats(trainer, args.data / "test_view.h5", args.render_frames),
+            "final": final,
+        }
+
+    ablation = early_stop_ablation(runs["on"], args.ablation_steps) if args.ablation_steps > 0 else {}
+    device = str(runs["on"].device)
+    device_name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
+    on, off = rows["on"], rows["off"]
+    print(f"\ndevice: {device} ({device_name}), threads {torch.get_num_threads()}, {args.steps} steps, "
+          f"poses {'estimated' if args.estimated_poses else 'true'}")  # fmt: skip
+    header = (
+        f"{'skipping':<9} {'samples/ray':>11} {'cand/ray':>9} {'rays/s':>8} {'after wu':>9} "
+        f"{'test_view':>9} {'test_pose':>9} {'render spp':>10} {'s/image':>8}"
+    )
+    print(header)
+    for name, r in rows.items():
+        print(
+            f"{name:<9} {r['samples_per_ray']:>11.1f} {r['candidates_per_ray']:>9.1f} {r['rays_per_s']:>8.0f} "
+            f"{r['rays_per_s_after_warmup']:>9.0f} {r['final']['test_view']['psnr']:>9.2f} "
+            f"{r['final']['test_pose']['psnr']:>9.2f} {r['render']['samples_per_hit_ray']:>10.1f} "
+            f"{r['render']['seconds_per_image']:>8.2f}"
+        )
+    ratio = on["rays_per_s"] / off["rays_per_s"]
+    ratio_wu = on["rays_per_s_after_warmup"] / off["rays_per_s_after_warmup"]
+    gap_view = on["final"]["test_view"]["psnr"] - off["final"]["test_view"]["psnr"]
+    gap_pose = on["final"]["test_pose"]["psnr"] - off["final"]["test_pose"]["psnr"]
+    for name, a in ablation.items():
+        print(f"skipping on, {name:<13}: {a['rays_per_s']:7.0f} rays/s, {a['samples_per_ray']:5.1f} samples/ray")
+    print(f"rays/s on/off: {ratio:.2f}x (after warm-up {ratio_wu:.2f}x); PSNR on-off: test_view {gap_view:+.2f} dB, "
+          f"test_pose {gap_pose:+.2f} dB")  # fmt: skip
+    result = {
+        "device": device,
+        "device_name": device_name,
+        "threads": torch.get_num_threads(),
+        "steps": args.steps,
+        "preset": args.preset,
+        "poses": "estimated" if args.estimated_poses else "true",
+        "rays_per_step": rays_per_step,
+        "speedup": ratio,
+        "speedup_after_warmup": ratio_wu,
+        "psnr_gap_test_view": gap_view,
+        "psnr_gap_test_pose": gap_pose,
+        "rows": rows,
+        "early_stop_ablation": ablation,
+    }
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

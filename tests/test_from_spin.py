@@ -1,0 +1,282 @@
+"""`fast-anerf data from-spin`: a SPIN-format file synthesised from the built-in character converts back to the
+generator's cameras and joints; bad input is one line, exit 2, nothing written."""
+
+import pickle
+import sys
+
+import h5py
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from fast_anerf.cli import entrypoint
+from fast_anerf.data.anerf_h5 import open_anerf_h5
+from fast_anerf.data.from_spin import SMPL_MEAN_PELVIS, SPIN_CROP, SPIN_FOCAL
+from fast_anerf.data.rays import project_points
+from fast_anerf.data.synthetic import builtin_rest_pose
+from fast_anerf.skeleton import axis_angle_to_matrix, matrix_to_axis_angle, rigid_inverse
+
+FLIP = np.diag([1.0, -1.0, -1.0])  # OpenGL <-> OpenCV camera axes
+
+
+def _source(tiny_data):
+    """The generator's truth: images, masks, true world poses, OpenGL cameras."""
+    with h5py.File(tiny_data / "train.h5") as f:
+        n, h, w, _ = f["img_shape"][()]
+        src = {k: f[k][()] for k in ("gt_bones", "gt_kp3d", "gt_skts", "c2ws", "focals")}
+        src["imgs"] = f["imgs"][()].reshape(n, h, w, 3)
+        src["masks"] = f["masks"][()].reshape(n, h, w) != 0
+    src["uv"] = project_points(torch.as_tensor(src["gt_kp3d"]), torch.as_tensor(src["c2ws"])[:, None],
+                               torch.as_tensor(src["focals"])[:, None], (w / 2, h / 2))[0].numpy()  # fmt: skip
+    return src, int(h), int(w)
+
+
+def _spin_arrays(src, h, w, pelvis):
+    """Express the truth in SPIN's conventions: OpenCV camera at the origin, root rotation relative to it, the
+    SMPL model origin at X_cam - t, weak-perspective (s, tx, ty) of a square crop around the projected joints.
+    s is chosen so that converting with the true focal (--focal) recovers the true depth exactly."""
+    n = len(src["c2ws"])
+    rot = axis_angle_to_matrix(torch.as_tensor(src["gt_bones"], dtype=torch.float64)).numpy()
+    cams, boxes, trans = np.zeros((n, 3)), np.zeros((n, 4)), np.zeros((n, 3))
+    for i in range(n):
+        world_from_cv = src["c2ws"][i, :3, :3].astype(np.float64) @ FLIP
+        cv_from_world = world_from_cv.T
+        rot[i, 0] = cv_from_world @ rot[i, 0]
+        t = cv_from_world @ (src["gt_kp3d"][i, 0] - src["c2ws"][i, :3, 3]) - pelvis[i]
+        uv = src["uv"][i]
+        cx, cy = (uv.min(0) + uv.max(0)) / 2 + np.array([1.5, -0.5])  # detector boxes are never exactly centred
+        side = 1.2 * np.ptp(uv, axis=0).max()
+        s = 2 * src["focals"][i] / (side * t[2])
+        cams[i] = s, t[0] - 2 * (cx - w / 2) / (s * side), t[1] - 2 * (cy - h / 2) / (s * side)
+        boxes[i] = cx, cy, side, 0.8 * side  # (cx, cy, w, h): the crop side is max(w, h)
+        trans[i] = t
+    return rot, cams, boxes, trans
+
+
+@pytest.fixture(scope="module")
+def spin_case(tiny_data, tmp_path_factory):
+    """A SPIN .npz + frames/ + masks/ folders (PNG) made from the built-in character's training split."""
+    src, h, w = _source(tiny_data)
+    n = len(src["c2ws"])
+    root = tmp_path_factory.mktemp("spin")
+    rot, cams, boxes, trans = _spin_arrays(src, h, w, np.tile(SMPL_MEAN_PELVIS, (n, 1)))
+    np.savez(root / "spin.npz", pred_rotmat=rot.astype(np.float32), pred_camera=cams, bboxes=boxes,
+             pred_betas=np.zeros((n, 10), np.float32))  # fmt: skip
+    (root / "frames").mkdir()
+    (root / "masks").mkdir()
+    for i in range(n):  # frame_2 < frame_10: names sort by number
+        iio.imwrite(root / "frames" / f"frame_{i * 4}.png", src["imgs"][i])
+        iio.imwrite(root / "masks" / f"frame_{i * 4}.png", src["masks"][i].astype(np.uint8) * 255)
+    return {"root": root, "src": src, "h": h, "w": w, "trans": trans, "cams": cams, "boxes": boxes, "rot": rot}
+
+
+def _run(case, *extra, npz="spin.npz", masks=True, out="out.h5"):
+    root = case["root"]
+    args = ["data", "from-spin", str(root / npz), "--images", str(root / "frames"), "--out", str(root / out)]
+    args += ["--masks", str(root / "masks")] if masks else []
+    return entrypoint(args + [str(e) for e in extra]), root / out
+
+
+def _in_camera(kp3d, c2ws):
+    """World joints -> each image's OpenGL camera frame, [N, 24, 3]."""
+    return np.einsum("nji,nkj->nki", c2ws[:, :3, :3], kp3d - c2ws[:, None, :3, 3])
+
+
+def _check_geometry(data, src, trans, pelvis, tol_m=2e-4):
+    """World = SPIN model frame: kp3d = (generator joints in the OpenCV camera) - t; c2w = [FLIP | -t]."""
+    kp3d, c2ws = data.arrays["kp3d"], data.arrays["c2ws"]
+    np.testing.assert_allclose(kp3d[:, 0], pelvis, atol=1e-5)
+    np.testing.assert_allclose(c2ws[:, :3, :3], np.broadcast_to(FLIP, (len(c2ws), 3, 3)), atol=1e-6)
+    np.testing.assert_allclose(c2ws[:, :3, 3], -trans, rtol=1e-5, atol=1e-4)
+    # Joints seen from the camera equal the generator's joints seen from its camera (rest skeletons are equal).
+    np.testing.assert_allclose(_in_camera(kp3d, c2ws), _in_camera(src["gt_kp3d"], src["c2ws"]), atol=tol_m)
+    # The camera relative to the body's root frame round-trips: inv(c2w) @ l2w_root.
+    ours = np.linalg.inv(c2ws) @ rigid_inverse(torch.as_tensor(data.arrays["skts"][:, 0])).numpy()
+    theirs = np.linalg.inv(src["c2ws"]) @ rigid_inverse(torch.as_tensor(src["gt_skts"][:, 0])).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=tol_m)
+    # Non-root local rotations are untouched.
+    rot = axis_angle_to_matrix(torch.as_tensor(data.arrays["bones"][:, 1:], dtype=torch.float64)).numpy()
+    rot_src = axis_angle_to_matrix(torch.as_tensor(src["gt_bones"][:, 1:], dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(rot, rot_src, atol=1e-5)
+
+
+def _projections(data):
+    c2ws, focals = torch.as_tensor(data.arrays["c2ws"])[:, None], torch.as_tensor(data.arrays["focals"])[:, None]
+    uv, _ = project_points(torch.as_tensor(data.arrays["kp3d"]), c2ws, focals, (data.width / 2, data.height / 2))
+    return uv.numpy()
+
+
+def test_round_trip_with_known_focal(spin_case, capsys):
+    src, h, w = spin_case["src"], spin_case["h"], spin_case["w"]
+    focal = float(src["focals"][0])
+    code, out = _run(spin_case, "--focal", repr(focal))
+    assert code == 0, capsys.readouterr().err
+    assert "8 frames 48x48" in capsys.readouterr().out
+    with open_anerf_h5(out) as data:  # the file passes the reader's full validation
+        n = data.n_images
+        np.testing.assert_allclose(data.arrays["focals"], focal, rtol=1e-6)
+        np.testing.assert_allclose(data.arrays["centers"], np.tile([w / 2, h / 2], (n, 1)))
+        _check_geometry(data, src, spin_case["trans"], np.tile(SMPL_MEAN_PELVIS, (n, 1)))
+        assert np.abs(_projections(data) - src["uv"]).max() < 0.01  # px
+        imgs = data.load_all()
+        np.testing.assert_array_equal(imgs["imgs"], src["imgs"])
+        np.testing.assert_array_equal(imgs["masks"], src["masks"])
+        assert imgs["sampling_masks"][imgs["masks"]].all() and imgs["sampling_masks"].sum() > imgs["masks"].sum()
+        np.testing.assert_allclose(data.arrays["rest_pose"], builtin_rest_pose(), atol=1e-6)
+        assert float(data.arrays["ext_scale"]) == pytest.approx(0.001)
+        assert data.arrays["cyls"].shape == (n, 5) and "bkgds" not in data.keys
+        assert not any(k.startswith("gt_") for k in data.keys)
+        assert data.arrays["img_paths"][2].endswith("frame_8.png")  # natural sort: frame_8 before frame_12
+
+
+def _spin_world(src, trans):
+    """Generator joints in the SPIN model frame: OpenCV camera coordinates minus t."""
+    cv = np.einsum("nij,nkj->nki", FLIP[None] @ src["c2ws"][:, :3, :3].swapaxes(-1, -2),
+                   src["gt_kp3d"] - src["c2ws"][:, None, :3, 3])  # fmt: skip
+    return cv - trans[:, None]
+
+
+def test_spin_focal_gives_distant_camera_with_the_same_image(spin_case):
+    """Without --focal: SPIN's 5000 px crop focal scaled to the frame, a camera ~tens of metres away. Same world
+    joints; projections agree exactly at the pelvis depth and up to the perspective difference elsewhere."""
+    src, boxes = spin_case["src"], spin_case["boxes"]
+    code, out = _run(spin_case, out="spin_focal.h5")
+    assert code == 0
+    with open_anerf_h5(out) as data:
+        focals = SPIN_FOCAL * boxes[:, 2] / SPIN_CROP
+        np.testing.assert_allclose(data.arrays["focals"], focals, rtol=1e-5)
+        tz = 2 * SPIN_FOCAL / (SPIN_CROP * spin_case["cams"][:, 0])
+        np.testing.assert_allclose(-data.arrays["c2ws"][:, 2, 3], tz, rtol=1e-5)
+        assert tz.min() > 10 * spin_case["trans"][:, 2].max()  # far away, long lens
+        # The world (SPIN model frame) does not depend on the camera.
+        trans = np.concatenate([spin_case["trans"][:, :2], tz[:, None]], axis=-1)
+        assert np.abs(data.arrays["kp3d"] - _spin_world(src, spin_case["trans"])).max() < 2e-4
+        err = np.linalg.norm(_projections(data) - src["uv"], axis=-1)  # [N, 24] px
+        np.testing.assert_allclose(data.arrays["c2ws"][:, :3, 3], -trans, rtol=1e-5, atol=1e-4)
+    size = np.ptp(src["uv"], axis=1).max(-1)  # body size in px, per frame
+    assert err[:, 0].max() < 0.05  # the pelvis (~ at the depth t_z) is exact
+    # Elsewhere the generator's 3 m camera shows more perspective than SPIN's weak-perspective camera: the error
+    # is about depth offset / 3 m of the joint's image offset from the pelvis, a few % of the body's size.
+    assert (err.max(-1) < 0.08 * size).all(), (err.max(-1), size)
+
+
+def test_vibe_names_axis_angle_frame_ids_npz_masks(spin_case, tiny_data):
+    """VIBE-style keys (pose [N,72], pred_cam, betas, joints3d giving the pelvis, boxes (cx, cy, side)),
+    frame_ids into a longer image folder, masks from the npz ({0,1}), and the pelvis taken from joints3d."""
+    src, h, w = _source(tiny_data)
+    n = len(src["c2ws"])
+    root = spin_case["root"]
+    pelvis = np.tile([0.01, -0.2, 0.05], (n, 1)) + 0.01 * np.arange(n)[:, None]
+    rot, cams, boxes, trans = _spin_arrays(src, h, w, pelvis)
+    pose = matrix_to_axis_angle(torch.as_tensor(rot)).reshape(n, 72).numpy()
+    joints = np.zeros((n, 24, 3))
+    joints[:, 0] = pelvis
+    # The folder holds n + 2 frames; row i uses frame i + 1 (by name order).
+    folder = root / "long_sequence"
+    folder.mkdir()
+    for j in range(n + 2):
+        iio.imwrite(folder / f"{j:03d}.png", src["imgs"][min(max(j - 1, 0), n - 1)])
+    np.savez(root / "vibe.npz", pose=pose, pred_cam=cams,
+             bboxes=np.concatenate([boxes[:, :2], boxes[:, 2:3]], -1), betas=np.zeros(10), joints3d=joints,
+             frame_ids=np.arange(n) + 1, masks=src["masks"].astype(np.uint8))  # fmt: skip
+    out = root / "vibe.h5"
+    args = ["data", "from-spin", str(root / "vibe.npz"), "--images", str(folder), "--out", str(out)]
+    assert entrypoint(args + ["--focal", repr(float(src["focals"][0]))]) == 0
+    with open_anerf_h5(out) as data:
+        _check_geometry(data, src, trans, pelvis)
+        np.testing.assert_array_equal(data.arrays["kp_idxs"], np.arange(n) + 1)
+        assert np.abs(_projections(data) - src["uv"]).max() < 0.01
+        all_images = data.load_all()
+        np.testing.assert_array_equal(all_images["imgs"], src["imgs"])
+        np.testing.assert_array_equal(all_images["masks"], src["masks"])
+        assert data.arrays["betas"].shape == (n, 10)
+
+
+def _edit_npz(case, name, **changes):
+    with np.load(case["root"] / "spin.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    for key, value in changes.items():
+        if value is None:
+            arrays.pop(key)
+        else:
+            arrays[key] = value(arrays[key]) if callable(value) else value
+    np.savez(case["root"] / name, **arrays)
+    return name
+
+
+ROW_KEYS = ("pred_rotmat", "pred_camera", "bboxes", "pred_betas")
+
+
+def _nan_first(a):
+    a = a.copy()
+    a[0, 3, 0, 0] = np.nan
+    return a
+
+
+@pytest.mark.parametrize(
+    "name, edit, extra, expect",
+    [
+        ("cam_shape.npz", {"pred_camera": lambda a: a[:, :2]}, [], "pred_camera"),
+        ("cam_scale.npz", {"pred_camera": lambda a: a * np.array([-1.0, 1, 1])}, [], "pred_camera"),
+        ("nan_rot.npz", {"pred_rotmat": _nan_first}, [], "pred_rotmat"),
+        ("few_boxes.npz", {"bboxes": lambda a: a[:-1]}, [], "bboxes"),
+        ("no_rot.npz", {"pred_rotmat": None}, [], "pred_rotmat"),
+        ("more_rows.npz", dict.fromkeys(ROW_KEYS, lambda a: np.concatenate([a, a[:1]])), [], "frames"),
+        ("no_masks.npz", {}, ["--no-masks"], "masks"),
+        ("smpl_missing.npz", {}, ["--smpl", "/nonexistent/SMPL_NEUTRAL.pkl"], "pip install smplx"),
+    ],
+)
+def test_bad_input_one_line_exit_2_nothing_written(spin_case, capsys, monkeypatch, name, edit, extra, expect):
+    monkeypatch.setitem(sys.modules, "smplx", None)  # as if smplx were not installed
+    npz = _edit_npz(spin_case, name, **edit)
+    masks = "--no-masks" not in extra
+    extra = [e for e in extra if e != "--no-masks"]
+    out = name.replace(".npz", ".h5")
+    capsys.readouterr()
+    code, path = _run(spin_case, *extra, npz=npz, masks=masks, out=out)
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert expect in lines[0]
+    assert not path.exists()
+    assert not list(spin_case["root"].glob(f".{out}*"))  # no temporary file left behind
+
+
+def test_smplx_rest_skeleton_from_betas(spin_case, tmp_path):
+    """--smpl with a tiny fake SMPL file (24 vertices = joints): rest pose and pelvis follow the betas."""
+    pytest.importorskip("smplx")
+    rng = np.random.default_rng(0)
+    template = builtin_rest_pose().astype(np.float64) + SMPL_MEAN_PELVIS
+    shapedirs = 0.01 * rng.standard_normal((24, 3, 10))
+    parents = np.array([2**32 - 1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21])
+    model = {"v_template": template, "shapedirs": shapedirs, "J_regressor": np.eye(24), "weights": np.eye(24),
+             "posedirs": np.zeros((24, 3, 207)), "kintree_table": np.stack([parents, np.arange(24)]),
+             "f": np.zeros((1, 3), np.int64)}  # fmt: skip
+    smpl = tmp_path / "SMPL_NEUTRAL.pkl"
+    smpl.write_bytes(pickle.dumps(model))
+    n = len(spin_case["cams"])
+    betas = rng.standard_normal((n, 10))
+    _edit_npz(spin_case, "betas.npz", pred_betas=betas)
+    code, out = _run(spin_case, "--smpl", tmp_path, npz="betas.npz", out="smpl.h5")
+    assert code == 0
+    joints = template + np.einsum("vkl,nl->nvk", shapedirs, betas)  # [N, 24, 3]
+    with open_anerf_h5(out) as data:
+        np.testing.assert_allclose(data.arrays["rest_pose"], (joints - joints[:, :1]).mean(0), atol=1e-5)
+        np.testing.assert_allclose(data.arrays["kp3d"][:, 0], joints[:, 0], atol=1e-5)
+        np.testing.assert_allclose(data.arrays["betas"], betas, atol=1e-6)
+
+
+def test_frames_from_a_video(spin_case):
+    """--images may be a video (imageio): frames in order, paths <video>/<frame:06d> for the temporal loss."""
+    root, src = spin_case["root"], spin_case["src"]
+    video = root / "clip.mp4"
+    iio.imwrite(video, src["imgs"], fps=10)  # lossy: compare loosely
+    out = root / "video.h5"
+    args = ["data", "from-spin", str(root / "spin.npz"), "--images", str(video), "--masks", str(root / "masks")]
+    assert entrypoint(args + ["--out", str(out)]) == 0
+    with open_anerf_h5(out) as data:
+        imgs = data.load_all()["imgs"].astype(np.float64)
+        assert np.abs(imgs - src["imgs"]).mean() < 12
+        assert data.arrays["img_paths"][3] == f"{video}/000003"

@@ -1,0 +1,114 @@
+"""Occupancy marching: the packed torch path against brute-force dense sampling, and nerfacc's path (CUDA)."""
+
+import pytest
+import torch
+
+from fast_anerf.bone_boxes import bone_boxes, ray_box_intervals
+from fast_anerf.config import FastFieldConfig
+from fast_anerf.data.synthetic import builtin_rest_pose
+from fast_anerf.renderer import rays_to_bones
+from fast_anerf.sampling.march import march_boxes, march_occupied, ray_span
+from fast_anerf.sampling.occupancy import BoneOccupancy
+from fast_anerf.skeleton import pose_skeleton
+
+
+def _scene(resolution=8, occupied=0.4, n_rays=300, seed=0, dtype=torch.float64):
+    """A posed skeleton, random rays towards it (some missing every box) and a random occupancy grid."""
+    g = torch.Generator().manual_seed(seed)
+    rest = torch.as_tensor(builtin_rest_pose(), dtype=torch.float32)
+    c = FastFieldConfig()
+    box_min, box_max = bone_boxes(rest, c.box_pad, c.torso_pad, c.head_extent, c.hand_extent, c.foot_extent)
+    occ = BoneOccupancy(box_min, box_max, resolution)
+    occ.binaries.copy_(torch.rand(occ.binaries.shape, generator=g) < occupied)
+    bones = torch.randn(24, 3, generator=g) * 0.3
+    kp3d, skts = pose_skeleton(rest, bones, torch.tensor([0.1, -0.2, 0.3]))
+    rays_o = (torch.randn(n_rays, 3, generator=g) * 0.2 + torch.tensor([0.3, 0.1, 3.0])).to(dtype)
+    target = (torch.randn(n_rays, 3, generator=g) * 0.5).to(dtype) + kp3d[0].to(dtype)
+    rays_d = (target - rays_o) * (0.5 + torch.rand(n_rays, 1, generator=g, dtype=dtype))  # not unit length
+    return occ, skts.to(dtype), rays_o, rays_d
+
+
+def _march(occ, skts, rays_o, rays_d, step, **kw):
+    origins, directions = rays_to_bones(rays_o, rays_d, skts)
+    box_min = occ.box_min.to(rays_o.dtype)
+    t_in, t_out, hit = ray_box_intervals(origins, directions, box_min, box_min + occ.box_size.to(rays_o.dtype))
+    scale = rays_d.norm(dim=-1)
+    out = march_occupied(t_in, t_out, hit, scale, origins, directions, occ, step, **kw)
+    return out, (t_in, t_out, hit, scale)
+
+
+def _brute_force(occ, skts, rays_o, rays_d, anchor, dt, n_steps):
+    """Every candidate of the t-grid, tested point by point: is it in an occupied cell of a box holding it."""
+    k = torch.arange(n_steps, dtype=rays_o.dtype)
+    mid = anchor[:, None] + (k + 0.5) * dt[:, None]  # [R, K]
+    world = rays_o[:, None] + mid[..., None] * rays_d[:, None]  # [R, K, 3]
+    local = torch.einsum("jab,rkb->rkja", skts[:, :3, :3], world) + skts[:, :3, 3]  # [R, K, 24, 3]
+    box_min = occ.box_min.to(rays_o.dtype)
+    box_max = box_min + occ.box_size.to(rays_o.dtype)
+    inside = ((local >= box_min) & (local <= box_max)).all(-1)  # [R, K, 24]
+    r = occ.resolution
+    cell = ((local - box_min) / (box_max - box_min) * r).floor().long().clamp(0, r - 1)
+    bone = torch.arange(24).expand_as(inside)
+    occupied = occ.binaries[bone, cell[..., 0], cell[..., 1], cell[..., 2]]
+    keep = (inside & occupied).any(-1)
+    ray, kk = keep.nonzero(as_tuple=True)
+    return ray, mid[ray, kk]
+
+
+@pytest.mark.parametrize("stratified", [False, True])
+def test_torch_marching_equals_brute_force_dense_sampling(stratified):
+    occ, skts, rays_o, rays_d = _scene()
+    step = 0.02
+    gen = torch.Generator().manual_seed(3)
+    (ray_idx, t_starts, t_ends), (t_in, t_out, hit, scale) = _march(
+        occ, skts, rays_o, rays_d, step, stratified=stratified, generator=gen
+    )
+    near, far, any_hit = ray_span(t_in, t_out, hit)
+    jitter = torch.rand(rays_o.shape[0], generator=torch.Generator().manual_seed(3)).double() if stratified else 0.0
+    dt = step / scale
+    anchor = near + jitter * dt
+    n_steps = int(((far - anchor) / dt).max().ceil()) + 2
+    ref_ray, ref_mid = _brute_force(occ, skts, rays_o, rays_d, anchor, dt, n_steps)
+    assert ref_ray.numel() > 500  # a meaningful test: many samples, and many candidates dropped
+    assert torch.equal(ray_idx, ref_ray)
+    torch.testing.assert_close(0.5 * (t_starts + t_ends), ref_mid, rtol=0, atol=1e-9)
+    torch.testing.assert_close(t_ends - t_starts, dt[ray_idx], rtol=1e-12, atol=0)
+    assert not any_hit.all() and ray_idx.unique().numel() < any_hit.sum()  # misses and fully-empty rays exist
+
+
+def test_all_occupied_grid_equals_box_marching():
+    occ, skts, rays_o, rays_d = _scene(occupied=1.1)
+    (ray_idx, t_starts, t_ends), (t_in, t_out, hit, scale) = _march(occ, skts, rays_o, rays_d, 0.02)
+    ref = march_boxes(t_in, t_out, hit, scale, step=0.02)
+    assert torch.equal(ray_idx, ref[0])
+    torch.testing.assert_close(t_starts, ref[1], rtol=0, atol=1e-12)
+    torch.testing.assert_close(t_ends, ref[2], rtol=0, atol=1e-12)
+
+
+def test_empty_grid_gives_no_samples():
+    occ, skts, rays_o, rays_d = _scene(occupied=0.0)
+    (ray_idx, t_starts, _), _ = _march(occ, skts, rays_o, rays_d, 0.02)
+    assert ray_idx.numel() == 0 and t_starts.numel() == 0
+
+
+def test_nerfacc_backend_refuses_cpu_tensors():
+    occ, skts, rays_o, rays_d = _scene(n_rays=4)
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        _march(occ, skts, rays_o, rays_d, 0.02, backend="nerfacc")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nerfacc's grid traversal needs CUDA")
+def test_nerfacc_marching_equals_torch_marching_on_cuda():
+    occ, skts, rays_o, rays_d = _scene(n_rays=2000, dtype=torch.float32)
+    occ = occ.cuda()
+    skts, rays_o, rays_d = skts.cuda(), rays_o.cuda(), rays_d.cuda()
+    (r_t, s_t, e_t), _ = _march(occ, skts, rays_o, rays_d, 0.02, backend="torch")
+    (r_n, s_n, e_n), _ = _march(occ, skts, rays_o, rays_d, 0.02, backend="nerfacc")
+    # nerfacc steps t in float32 and walks cells with a DDA: a midpoint within ~1e-5 of a cell face may land
+    # in the neighbour cell. Compare the sets of (ray, t_start) and allow a tiny fraction of such ties.
+    key_t = set(zip(r_t.tolist(), (s_t * 1e4).round().long().tolist(), strict=True))
+    key_n = set(zip(r_n.tolist(), (s_n * 1e4).round().long().tolist(), strict=True))
+    assert len(key_t) > 1000
+    assert len(key_t ^ key_n) <= 0.002 * len(key_t), (len(key_t), len(key_t - key_n), len(key_n - key_t))
+    assert torch.all(r_n[1:] >= r_n[:-1])  # sorted by ray
+    torch.testing.assert_close(e_n - s_n, (0.02 / rays_d.norm(dim=-1))[r_n])

@@ -1,0 +1,148 @@
+"""Per-bone occupancy grids: layout, nerfacc's update rule, densities in training poses, checkpoints, rendering."""
+
+from dataclasses import replace
+
+import torch
+
+from fast_anerf.config import RunConfig
+from fast_anerf.data.synthetic import builtin_rest_pose
+from fast_anerf.model import Character, load_character, save_checkpoint
+from fast_anerf.renderer import RenderSettings, render_rays
+from fast_anerf.sampling.occupancy import BoneOccupancy, density_in_poses
+from fast_anerf.skeleton import pose_skeleton
+
+
+def _occ(resolution=4):
+    box_min = torch.arange(72, dtype=torch.float32).reshape(24, 3) * 0.1 - 1.0
+    return BoneOccupancy(box_min, box_min + torch.tensor([0.4, 0.8, 1.2]), resolution)
+
+
+def _model(occupancy=True, resolution=8, seed=0, density_bias=3.5):
+    torch.manual_seed(seed)
+    config = RunConfig()
+    config = replace(
+        config,
+        train=replace(config.train, occupancy=occupancy, occ_resolution=resolution),
+        fast=replace(config.fast, density_bias=density_bias),
+    )
+    model = Character(config, torch.as_tensor(builtin_rest_pose()), n_frame_codes=3, backend="torch")
+    with torch.no_grad():  # a random, non-trivial field
+        model.field.grid.params.uniform_(-1, 1)
+    return model
+
+
+def test_cell_layout_is_nerfaccs():
+    occ = _occ(resolution=4)
+    # Bone 5, cell (x=1, y=2, z=3): id = 5 * 64 + 1 * 16 + 2 * 4 + 3.
+    point = occ.box_min[5] + (torch.tensor([1.0, 2.0, 3.0]) + 0.5) / 4 * occ.box_size[5]
+    assert occ.cell_ids(torch.tensor([5]), point[None]).item() == 5 * 64 + 16 + 8 + 3
+    ids = torch.randperm(24 * 64)[:300]
+    bone, x = occ.cell_points(ids, torch.rand(300, 3) * 0.98 + 0.01)
+    assert torch.equal(occ.cell_ids(bone, x), ids)
+    # Outside the box: clamped to the nearest cell.
+    far = occ.box_min[0] - 1.0
+    assert occ.cell_ids(torch.tensor([0]), far[None]).item() == 0
+    occ.binaries.zero_()
+    occ.binaries[5, 1, 2, 3] = True
+    assert occ.occupied(torch.tensor([5, 5, 4]), torch.stack([point, point, point])).tolist() == [True, True, False]
+
+
+def test_update_follows_nerfaccs_rule():
+    occ = _occ(resolution=4)
+    assert occ.binaries.all()  # starts all-occupied (the box-culled sampling of an untrained model)
+    # A value that depends on the bone only: bones 0-11 dense (0.5), 12-23 empty (0.001).
+    value = lambda bone, x: torch.where(bone < 12, 0.5, 0.001)  # noqa: E731
+    gen = torch.Generator().manual_seed(0)
+    assert not occ.update(3, value, gen, every_n=16)  # not an update step
+    assert occ.update(0, value, gen, threshold=0.01, warmup_steps=32, every_n=16)  # warm-up: every cell
+    assert torch.equal(occ.occs[:12], torch.full((12, 64), 0.5)) and torch.equal(
+        occ.occs[12:], torch.full((12, 64), 0.001)
+    )
+    assert occ.binaries[:12].all() and not occ.binaries[12:].any()  # threshold min(mean=0.2505, 0.01)
+    # After warm-up: R^3/4 = 16 random cells + up to 16 occupied cells per bone, decayed once, max with value.
+    before = occ.occs.clone()
+    zero = lambda bone, x: torch.zeros(bone.shape)  # noqa: E731
+    assert occ.update(32, zero, gen, ema_decay=0.5, warmup_steps=32, every_n=16)
+    changed = occ.occs != before
+    torch.testing.assert_close(occ.occs[changed], before[changed] * 0.5)  # max(occs * decay, 0)
+    per_bone = changed.sum(dim=1)
+    assert per_bone[:12].min() >= 16 and per_bone.max() <= 32  # occupied bones: >= the 16 occupied picks
+    assert per_bone[12:].min() >= 1 and per_bone[12:].max() <= 16  # empty bones: random picks only
+    assert torch.equal(occ.binaries.reshape(24, -1), occ.occs > min(float(occ.occs.mean()), 0.01))
+
+
+def test_density_in_poses_places_points_in_every_bone_frame():
+    model = _model()
+    rest = torch.as_tensor(builtin_rest_pose())
+    _, skts = pose_skeleton(rest, torch.randn(24, 3, generator=torch.Generator().manual_seed(1)) * 0.3, rest[0])
+    step = 0.02
+    eval_fn = density_in_poses(model.field, skts[None], step)  # one frame: deterministic
+    occ = model.occupancy
+    ids = torch.randperm(24 * 8**3, generator=torch.Generator().manual_seed(2))[:2000]
+    bone, x = occ.cell_points(ids, torch.rand(2000, 3))
+    got = eval_fn(bone, x)
+    # Reference: bone-local -> world with the pose's inverse, then into every bone frame.
+    world = torch.einsum("nab,nb->na", torch.linalg.inv(skts)[bone], torch.cat([x, torch.ones(2000, 1)], -1))
+    x_local = torch.einsum("jab,nb->nja", skts, world)[..., :3]
+    expected = model.field.density(x_local) * step
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    assert (got > 0).float().mean() > 0.9
+
+
+def test_grids_travel_in_checkpoints_and_old_checkpoints_load_all_occupied(tmp_path):
+    model = _model()
+    model.occupancy.binaries[3, 1] = False
+    model.occupancy.occs[7, 5] = 0.25
+    save_checkpoint(tmp_path / "new.pt", model)
+    loaded, _ = load_character(tmp_path / "new.pt")
+    assert torch.equal(loaded.occupancy.binaries, model.occupancy.binaries)
+    assert torch.equal(loaded.occupancy.occs, model.occupancy.occs)
+    # A checkpoint from before the grids existed: no occupancy keys. It loads, with every cell occupied.
+    old = {k: v for k, v in model.state_dict().items() if not k.startswith("occupancy.")}
+    fresh = _model()
+    fresh.occupancy.binaries.zero_()
+    fresh.load_state_dict(old)
+    assert fresh.occupancy.binaries.all() and not fresh.occupancy.occs.any()
+    assert torch.equal(fresh.field.grid.params, model.field.grid.params)
+    assert "occupancy.binaries" not in old  # the caller's dict is left alone
+
+
+def _rays(n=256, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    rays_o = torch.randn(n, 3, generator=g) * 0.1 + torch.tensor([0.0, 0.0, 3.0])
+    return rays_o, torch.randn(n, 3, generator=g) * 0.3 - rays_o
+
+
+def test_renderer_skips_empty_cells_and_stops_opaque_rays():
+    model = _model(density_bias=6.0)  # an opaque body: rays stop well before leaving it
+    rest = torch.as_tensor(builtin_rest_pose())
+    _, skts = pose_skeleton(rest, torch.zeros(24, 3), rest[0])
+    rays_o, rays_d = _rays()
+    codes = torch.zeros(rays_o.shape[0], dtype=torch.long)
+    bg = torch.tensor([0.2, 0.4, 0.6])
+    off = render_rays(model, rays_o, rays_d, skts, codes, bg, RenderSettings(occupancy=False))
+    no_stop = render_rays(model, rays_o, rays_d, skts, codes, bg, RenderSettings(early_stop_eps=0.0))
+    # All-occupied grid without early stopping: exactly the box-culled samples.
+    assert int(no_stop["n_samples"]) == int(off["n_samples"]) > 1000
+    torch.testing.assert_close(no_stop["rgb"], off["rgb"], rtol=0, atol=1e-6)
+    # Early stopping drops the samples behind opaque ones and changes pixels by at most ~eps.
+    stop = render_rays(model, rays_o, rays_d, skts, codes, bg, RenderSettings(early_stop_eps=1e-3))
+    assert int(stop["n_samples"]) < 0.7 * int(off["n_samples"]) and int(stop["n_candidates"]) == int(off["n_samples"])
+    torch.testing.assert_close(stop["rgb"], off["rgb"], rtol=0, atol=2e-3)
+    # An empty grid: no sample at all, every pixel is the background.
+    model.occupancy.binaries.zero_()
+    empty = render_rays(model, rays_o, rays_d, skts, codes, bg, RenderSettings())
+    assert int(empty["n_candidates"]) == 0
+    torch.testing.assert_close(empty["rgb"], bg.expand(rays_o.shape[0], 3))
+
+
+def test_gradients_flow_through_the_surviving_samples():
+    model = _model()
+    rest = torch.as_tensor(builtin_rest_pose())
+    _, skts = pose_skeleton(rest, torch.zeros(24, 3), rest[0])
+    skts = skts.clone().requires_grad_(True)
+    rays_o, rays_d = _rays(64)
+    out = render_rays(model, rays_o, rays_d, skts, torch.zeros(64, dtype=torch.long), torch.ones(3), RenderSettings())
+    out["rgb"].sum().backward()
+    assert torch.isfinite(skts.grad).all() and skts.grad.abs().sum() > 0
+    assert model.field.grid.params.grad.abs().sum() > 0

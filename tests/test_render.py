@@ -1,0 +1,235 @@
+"""`fast-anerf render` on a tiny trained model (conftest's ``tiny_model``): bullet orbits, retargeting,
+interpolation, val, atomic output. Renders are 16-48 px."""
+
+import json
+
+import h5py
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from fast_anerf.cli import entrypoint
+from fast_anerf.data.anerf_h5 import open_anerf_h5
+from fast_anerf.data.pose_files import place_canonical, read_pose_file
+from fast_anerf.data.rays import project_points
+from fast_anerf.errors import DataError
+from fast_anerf.media import count_video_frames
+from fast_anerf.mesh import posed_bounds
+from fast_anerf.model import load_character
+from fast_anerf.render import interpolate_poses, orbit_cameras, pose_to_skts, skts_to_pose, slerp
+from fast_anerf.skeleton import axis_angle_to_matrix, matrix_to_axis_angle, pose_skeleton
+
+
+def _render(ckpt, out, *extra) -> int:
+    common = ["--device", "cpu", "--backend", "torch"]
+    return entrypoint(["render", "--ckpt", str(ckpt), "--out", str(out), *common, *extra])
+
+
+def _frames(out) -> list[np.ndarray]:
+    return [iio.imread(p) for p in sorted((out / "frames").glob("*.png"))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pose and camera math (no model)
+# ---------------------------------------------------------------------------------------------
+def test_skts_to_pose_inverts_forward_kinematics():
+    torch.manual_seed(0)
+    rest = torch.randn(24, 3) * 0.3
+    rest[0] = 0
+    bones, root = torch.randn(4, 24, 3) * 0.6, torch.randn(4, 3)
+    _, skts = pose_skeleton(rest, bones, root)
+    rotations, roots = skts_to_pose(skts)
+    assert torch.allclose(rotations, axis_angle_to_matrix(bones), atol=1e-5)
+    assert torch.allclose(roots, root, atol=1e-5)
+    assert torch.allclose(pose_to_skts(rest, rotations, roots), skts, atol=1e-4)
+
+
+def test_interpolation_slerps_and_animate_moves_only_chosen_joints():
+    torch.manual_seed(1)
+    rotations = axis_angle_to_matrix(torch.randn(3, 24, 3) * 0.5)
+    roots = torch.randn(3, 3)
+    rot, root = interpolate_poses(rotations, roots, n_steps=4)
+    assert rot.shape == (9, 24, 3, 3) and root.shape == (9, 3)
+    assert torch.allclose(rot[0], rotations[0]) and torch.allclose(rot[4], rotations[1], atol=1e-6)
+    assert torch.allclose(rot[8], rotations[2]) and torch.allclose(root[2], (roots[0] + roots[1]) / 2, atol=1e-6)
+    # Halfway = half the relative rotation angle, about the same axis.
+    rel = matrix_to_axis_angle(rotations[0].transpose(-1, -2) @ rotations[1])
+    half = matrix_to_axis_angle(rotations[0].transpose(-1, -2) @ rot[2])
+    assert torch.allclose(half, rel / 2, atol=1e-5)
+    assert torch.allclose(slerp(rotations[0], rotations[1], torch.tensor([1.0]))[0], rotations[1], atol=1e-5)
+    rot, root = interpolate_poses(rotations, roots, n_steps=4, joints=[18, 19])
+    still = [j for j in range(24) if j not in (18, 19)]
+    assert torch.equal(rot[:, still], rotations[0, still].expand(9, 22, 3, 3))
+    assert torch.allclose(rot[8, 18], rotations[2, 18]) and torch.equal(root, roots[:1].expand(9, 3))
+
+
+def test_orbit_rotates_about_the_vertical_through_the_pivot():
+    c2w = torch.eye(4)
+    c2w[:3, 3] = torch.tensor([0.5, -0.4, 3.0])
+    pivot = torch.tensor([0.5, 0.2, 0.0])
+    cams = orbit_cameras(c2w, pivot, 4)
+    assert torch.equal(cams[0], c2w)
+    distance = (cams[:, [0, 2], 3] - pivot[[0, 2]]).norm(dim=-1)
+    assert torch.allclose(distance, torch.full((4,), 3.0), atol=1e-5)  # same horizontal distance
+    assert torch.allclose(cams[:, 1, 3], torch.full((4,), -0.4))  # same height
+    assert torch.allclose(cams[2, :3, 3], torch.tensor([0.5, -0.4, -3.0]), atol=1e-5)  # behind after 180 deg
+    # Every camera still looks at the pivot's vertical line (its -z axis passes through x=0.5, z=0).
+    forward = -cams[:, :3, 2]
+    t = -(cams[:, 2, 3] - 0.0) / forward[:, 2].where(forward[:, 2].abs() > 1e-6, torch.ones(4))
+    hit_x = cams[:, 0, 3] + t * forward[:, 0]
+    for k in (0, 2):
+        assert abs(float(hit_x[k]) - 0.5) < 1e-5
+
+
+def test_pose_files_conventions_and_errors(tmp_path):
+    bones = np.zeros((3, 24, 3), np.float32)
+    np.savez(tmp_path / "canonical.npz", bones=bones, root=np.ones((3, 3)))
+    np.savez(tmp_path / "world.npz", bones=bones, kp3d=np.ones((3, 24, 3)))
+    assert read_pose_file(tmp_path / "canonical.npz")[2] is True
+    b, r, canonical = read_pose_file(tmp_path / "world.npz")
+    assert canonical is False and b.shape == (3, 24, 3) and r.shape == (3, 3)
+    # Canonical motions land in A-NeRF's world: y flipped (up = -y), z flipped, added to the anchor.
+    _, roots = place_canonical(bones, np.array([[0.0, 0.1, 0.2]] * 3), 1.0, torch.tensor([1.0, 2.0, 3.0]))
+    scale = roots[0] - torch.tensor([1.0, 2.0, 3.0])
+    assert scale[1] < 0 and scale[2] < 0 and scale[0] == 0
+    with h5py.File(tmp_path / "h36m17.h5", "w") as h5:
+        h5["bones"] = np.zeros((3, 24, 3))
+        h5["kp3d"] = np.zeros((3, 17, 3))
+    with pytest.raises(DataError, match=r"h36m17.h5: key 'kp3d' has shape \(3, 17, 3\) \(17 joints"):
+        read_pose_file(tmp_path / "h36m17.h5")
+    (tmp_path / "poses.txt").write_text("0 0 0")
+    with pytest.raises(DataError, match="unknown retarget source type"):
+        read_pose_file(tmp_path / "poses.txt")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering a tiny trained model
+# ---------------------------------------------------------------------------------------------
+def test_bullet_body_where_projected_background_elsewhere(tiny_model, tiny_data, tmp_path, capsys):
+    out = tmp_path / "bullet"
+    assert _render(tiny_model, out, "--type", "bullet", "--frames", "2", "--n-views", "4", "--no-refined") == 0
+    summary = capsys.readouterr().out
+    assert "4 frames at 48x48" in summary and "s/frame" in summary
+    frames = _frames(out)
+    assert len(frames) == 4 and frames[0].shape == (48, 48, 3)
+    assert count_video_frames(out / "video.mp4") == 4
+    assert iio.imread(out / "video.gif").shape[0] == 4
+    info = json.loads((out / "render.json").read_text())
+    assert info["frames"] == 4 and info["resolution"] == [48, 48]
+
+    model, _ = load_character(tiny_model)
+    with open_anerf_h5(tiny_data / "train.h5") as data:
+        skts = torch.as_tensor(data.arrays["skts"][data.pose_index(2)])
+        c2w = torch.as_tensor(data.arrays["c2ws"][2])
+        focal, center = float(data.arrays["focals"][2]), data.center(2)
+    l2ws = torch.linalg.inv(skts)
+    joints = l2ws[:, :3, 3]
+    lo, hi = posed_bounds(model, skts)
+    bits = torch.tensor([[(k >> a) & 1 for a in range(3)] for k in range(8)]).bool()
+    corners = torch.where(bits, hi, lo)  # [8, 3] corners of the posed body's box
+    for frame, cam in zip(frames, orbit_cameras(c2w, joints[0], 4), strict=True):
+        uv_box, _ = project_points(corners, cam, focal, center)
+        u0, v0 = uv_box.min(dim=0).values.floor().int().tolist()
+        u1, v1 = uv_box.max(dim=0).values.ceil().int().tolist()
+        outside = np.ones((48, 48), bool)
+        outside[max(v0 - 1, 0) : v1 + 2, max(u0 - 1, 0) : u1 + 2] = False
+        assert outside.sum() > 300  # the body's box does not fill the image
+        assert (frame[outside] == 255).all()  # rays that miss every bone box are pure background
+        uv, _ = project_points(joints[[0, 3, 6, 9]], cam, focal, center)  # pelvis and spine
+        pix = uv.round().long()
+        torso = frame[pix[:, 1], pix[:, 0]].astype(int)
+        assert (torso.min(axis=-1) < 235).all(), torso  # the body is drawn where it projects
+
+
+def test_retarget_interpolate_animate_and_val(tiny_model, tmp_path, capsys):
+    assert _render(tiny_model, tmp_path / "motion", "--type", "retarget", "--motion", "wave", "--motion-frames", "3",
+                   "--res", "24", "32") == 0  # fmt: skip
+    frames = _frames(tmp_path / "motion")
+    assert len(frames) == 3 and frames[0].shape == (24, 32, 3)
+    assert all((f < 235).any() and (f == 255).any() for f in frames)  # a body on a white background
+
+    assert _render(tiny_model, tmp_path / "interp", "--type", "interpolate", "--frames", "0", "7", "--n-steps", "3",
+                   "--res", "24", "24") == 0  # fmt: skip
+    frames = _frames(tmp_path / "interp")
+    assert len(frames) == 4 and not np.array_equal(frames[0], frames[-1])
+
+    assert _render(tiny_model, tmp_path / "anim", "--type", "animate", "--frames", "0", "7", "--n-steps", "2",
+                   "--joints", "left_shoulder", "18", "--res", "24", "24", "--background", "black") == 0  # fmt: skip
+    frames = _frames(tmp_path / "anim")
+    assert len(frames) == 3 and (frames[0][0, 0] == 0).all()
+
+    capsys.readouterr()
+    assert _render(tiny_model, tmp_path / "val", "--type", "val", "--frames", "0", "3") == 0
+    summary = capsys.readouterr().out
+    frames = _frames(tmp_path / "val")
+    assert len(frames) == 2 and frames[0].shape == (48, 96, 3)  # prediction | ground truth
+    info = json.loads((tmp_path / "val" / "render.json").read_text())
+    assert len(info["psnr_per_frame"]) == 2 and 8.0 < info["psnr"] < 60.0
+    assert f"mean PSNR {info['psnr']:.2f} dB" in summary
+
+
+def test_retarget_from_h5_and_npz_keeps_our_bone_lengths(tiny_model, tiny_data, tmp_path):
+    model, _ = load_character(tiny_model)
+    with h5py.File(tiny_data / "test_pose.h5") as h5:
+        bones, kp3d = h5["bones"][:2], h5["kp3d"][:2]
+    np.savez(tmp_path / "poses.npz", bones=bones, kp3d=kp3d)
+    for source in (tiny_data / "test_pose.h5", tmp_path / "poses.npz"):
+        out = tmp_path / source.stem
+        assert _render(tiny_model, out, "--type", "retarget", "--source", str(source), "--frames", "0", "1",
+                       "--res", "24", "24") == 0  # fmt: skip
+        assert len(_frames(out)) == 2
+    # The re-posed skeleton has our rest pose's bone lengths and the source's root and rotations.
+    skts = pose_to_skts(model.rest_pose, axis_angle_to_matrix(torch.as_tensor(bones)), torch.as_tensor(kp3d[:, 0]))
+    joints = torch.linalg.inv(skts)[:, :, :3, 3]
+    parents = [0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
+    lengths = (joints - joints[:, parents]).norm(dim=-1)
+    assert torch.allclose(lengths, (model.rest_pose - model.rest_pose[parents]).norm(dim=-1).expand(2, 24), atol=1e-5)
+    assert torch.allclose(joints[:, 0], torch.as_tensor(kp3d[:, 0]), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "arrays, words",
+    [
+        ({"bones": np.zeros((5, 17, 3)), "root": np.zeros((5, 3))}, ["'bones'", "17 joints", "24"]),
+        ({"bones": np.full((5, 24, 3), np.nan), "root": np.zeros((5, 3))}, ["'bones'", "non-finite"]),
+        ({"bones": np.zeros((5, 24, 3))}, ["root"]),
+    ],
+)
+def test_bad_retarget_file_is_refused_and_writes_nothing(tiny_model, tmp_path, capsys, arrays, words):
+    bad = tmp_path / "bad_motion.npz"
+    np.savez(bad, **arrays)
+    out = tmp_path / "renders" / "bad"
+    code = _render(tiny_model, out, "--type", "retarget", "--source", str(bad))
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "bad_motion.npz" in err and "Traceback" not in err
+    for word in words:
+        assert word in err, err
+    assert not out.exists() and not (tmp_path / "renders").exists()
+
+
+def test_failed_render_leaves_no_partial_output_and_keeps_other_folders(tiny_model, tmp_path, monkeypatch, capsys):
+    import fast_anerf.renderer as renderer
+
+    calls = {"n": 0}
+    original = renderer.render_image
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash mid-render")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(renderer, "render_image", failing)
+    with pytest.raises(RuntimeError, match="simulated"):
+        _render(tiny_model, tmp_path / "crash", "--type", "bullet", "--n-views", "3", "--res", "16", "16")
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor a hidden partial one
+    monkeypatch.setattr(renderer, "render_image", original)
+
+    keep = tmp_path / "notes"
+    keep.mkdir()
+    (keep / "mine.txt").write_text("keep me")
+    assert _render(tiny_model, keep, "--type", "bullet", "--n-views", "2", "--res", "16", "16") == 2
+    assert "does not hold an earlier render" in capsys.readouterr().err
+    assert [p.name for p in keep.iterdir()] == ["mine.txt"]
