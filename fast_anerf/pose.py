@@ -111,9 +111,11 @@ class RefinablePoses(nn.Module):
         with torch.no_grad():
             prev_rot, prev_kp = self.rot6d(prev_ids), self.forward(prev_ids)[0]
             next_rot, next_kp = self.rot6d(next_ids), self.forward(next_ids)[0]
-        ang = ((cur_rot - prev_rot) - (next_rot - cur_rot)).pow(2).sum(dim=(-1, -2))
-        pos = ((cur_kp - prev_kp) - (next_kp - cur_kp)).pow(2).sum(dim=(-1, -2))
-        return coef * ((ang + pos) * valid.float()).mean()
+        # Squared norm per joint, mean over rows x joints (as A-NeRF's per-ray mean), so the weight does not
+        # grow with the number of joints.
+        ang = ((cur_rot - prev_rot) - (next_rot - cur_rot)).pow(2).sum(dim=-1)  # [B, 24]
+        pos = ((cur_kp - prev_kp) - (next_kp - cur_kp)).pow(2).sum(dim=-1)  # [B, 24]
+        return coef * ((ang + pos) * valid.float()[:, None]).mean()
 
 
 _FRAME_NUMBER = re.compile(r"^(.*?)(\d+)(\D*)$")

@@ -63,7 +63,7 @@ def run_field(field: str, args, out_root: Path) -> dict:
                 flush=True,
             )
             next_eval += args.eval_every_s
-    final = {name: public(r) for name, r in trainer.evaluate(None).items()}
+    final = {name: public(r) for name, r in trainer.evaluate(args.final_frames).items()}
     trainer.save()
     return {
         "field": field,
@@ -84,7 +84,13 @@ def main() -> None:
     parser.add_argument("--fast-preset", default="demo", help="preset of the fast field (gpu on a GPU)")
     parser.add_argument("--gt-poses", action="store_true", help="train on the true poses (no pose noise)")
     parser.add_argument("--eval-every-s", type=float, default=60.0)
-    parser.add_argument("--eval-frames", type=int, default=8)
+    parser.add_argument("--eval-frames", type=int, default=8, help="frames of test_view per curve point")
+    parser.add_argument(
+        "--final-frames",
+        type=int,
+        default=None,
+        help="frames per split at the end (default all; the A-NeRF field needs ~50 s a frame on CPU)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench_train.json"))

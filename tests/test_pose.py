@@ -100,13 +100,25 @@ def test_refinement_from_true_poses_stays_put(tmp_path, tiny_data):
     original = train_module.load_preset
     train_module.load_preset = lambda name: small
     try:
-        trainer = train_module.Trainer(Train(data=tiny_data, out=tmp_path / "run", steps=120, device="cpu",
+        trainer = train_module.Trainer(Train(data=tiny_data, out=tmp_path / "run", steps=100, device="cpu",
                                              backend="torch", gt_poses=True))  # fmt: skip
         trainer.eval_splits = {}
         trainer.run()
     finally:
         train_module.load_preset = original
-    report = run_refine(Refine(ckpt=tmp_path / "run" / "checkpoint.pt", data=tiny_data / "test_view.h5",
-                               out=tmp_path / "refine", steps=60, rays_per_batch=512, device="cpu"))  # fmt: skip
-    assert report["before"]["mpjpe"] < 1e-5  # test_view carries the true poses
-    assert report["after"]["abs_mpjpe_mm"] < 15.0, report["after"]
+    # The training frames with their true poses as the "estimate": the photometric optimum is the truth.
+    import shutil
+
+    import h5py
+
+    true_poses = tmp_path / "true_poses.h5"
+    shutil.copyfile(tiny_data / "train.h5", true_poses)
+    with h5py.File(true_poses, "a") as handle:
+        for key in ("kp3d", "bones", "skts"):
+            handle[key][...] = handle[f"gt_{key}"][...]
+    report = run_refine(Refine(ckpt=tmp_path / "run" / "checkpoint.pt", data=true_poses, out=tmp_path / "refine",
+                               steps=40, rays_per_batch=512, lr=5e-4, temp_coef=0.0, device="cpu"))  # fmt: skip
+    assert report["before"]["abs_mpjpe"] < 1e-5
+    print({k: v for k, v in report["after"].items() if "mpjpe" in k and "per_joint" not in k})
+    assert report["after"]["mpjpe_mm"] < 10.0
+    assert report["after"]["abs_mpjpe_mm"] < 20.0
