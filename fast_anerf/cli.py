@@ -197,8 +197,8 @@ class Refine:
     """A-NeRF .h5 with the frames and their estimated poses (e.g. SPIN)."""
     out: Path = Path("runs/refine")
     """Output folder: refined.h5 (A-NeRF keys bones/kp3d/skts refined) and refine_report.json."""
-    steps: int = 500
-    lr: float = 2e-3
+    steps: int = 300
+    lr: float = 1e-3
     """Pose learning rate (Adam)."""
     temp_coef: float = 0.05
     """Temporal smoothness weight between consecutive frames; 0 = off."""

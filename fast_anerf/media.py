@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fast_anerf.errors import UserError
+from fast_anerf.errors import OutputError, UserError, output_error, writing
 
 MARKER = "render.json"
 
@@ -36,14 +36,19 @@ class OutputDir:
         self.committed = False
 
     def __enter__(self) -> OutputDir:
-        if self.tmp.exists():  # left by a crashed run with our pid: never ours to keep
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir(parents=True)
+        with writing(self.final):
+            if self.tmp.exists():  # left by a crashed run with our pid: never ours to keep
+                shutil.rmtree(self.tmp)
+            self.tmp.mkdir(parents=True)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if not self.committed:
             shutil.rmtree(self.tmp, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full disk or a read-only folder while writing: one line naming --out
+            raise output_error(self.final, exc) from None
+        if isinstance(exc, OutputError) and exc.os_error is not None:  # name --out, not the hidden temp folder
+            raise output_error(self.final, exc.os_error) from None
         return False
 
     def commit(self) -> Path:
@@ -52,7 +57,12 @@ class OutputDir:
         if self.final.exists():
             old = self.final.parent / f".{self.final.name}.old-{os.getpid()}"
             os.replace(self.final, old)
-        os.replace(self.tmp, self.final)
+        try:
+            os.replace(self.tmp, self.final)
+        except OSError:
+            if old is not None:  # put the earlier render back: a failed render never loses the previous one
+                os.replace(old, self.final)
+            raise
         self.committed = True
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
@@ -69,7 +79,8 @@ def write_png(path: Path, image: np.ndarray) -> None:
     import imageio.v3 as iio
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, image)
+    # Encode in memory, write the bytes ourselves: on a full disk imageio's plugin raises again from __del__.
+    path.write_bytes(iio.imwrite("<bytes>", image, extension=".png"))
 
 
 def write_videos(frames: list[np.ndarray], folder: Path, stem: str = "video", fps: int = 12) -> list[Path]:
@@ -91,7 +102,7 @@ def write_videos(frames: list[np.ndarray], folder: Path, stem: str = "video", fp
             writer.append_data(np.pad(frame, pad, mode="edge"))
     finally:
         writer.close()
-    iio.imwrite(gif, np.stack(frames), duration=1000.0 / fps, loop=0)
+    gif.write_bytes(iio.imwrite("<bytes>", np.stack(frames), extension=".gif", duration=1000.0 / fps, loop=0))
     return [mp4, gif]
 
 

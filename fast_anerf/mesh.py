@@ -11,7 +11,7 @@
 * Marching cubes with PyMCubes; vertices in world units (the posed mesh in the training data's world, up
   = -y; the rest-pose mesh in the skeleton's canonical frame, up = +y, root at the origin). Faces are
   oriented outwards, only the largest connected component is kept (floaters dropped), and each vertex is
-  coloured by the field's rgb seen along its inward normal (as a camera looking straight at it would).
+  coloured by what a camera looking straight at it sees (a short ray along its inward normal, rendered).
 * Turntable: the mesh ray-cast on the CPU with trimesh (embree through embreex), vertex colours times a
   Lambertian headlight; with ``--mesh-renderer pytorch3d`` (or ``auto`` where pytorch3d is importable)
   pytorch3d's rasteriser and Phong shader instead. pytorch3d has no Linux wheel on the package registry, so
@@ -30,7 +30,8 @@ import torch
 from fast_anerf.errors import UserError
 
 SURFACE_THICKNESS = 0.01  # fraction of the skeleton height over which the opacity threshold is reached
-AMBIENT = 0.35  # turntable shading: ambient + (1 - ambient) * max(0, n . l)
+VIEW_OFFSET = 0.03  # vertex colours: rays start this far (fraction of the height) outside the surface
+AMBIENT = 0.5  # turntable shading: ambient + (1 - ambient) * max(0, n . l)
 
 
 def sigma_threshold(opacity: float, height: float, thickness: float = SURFACE_THICKNESS) -> float:
@@ -78,23 +79,38 @@ def density_grid(model, skts: torch.Tensor, res: int, chunk: int = 65536):
 
 @torch.no_grad()
 def vertex_colours(
-    model, skts: torch.Tensor, vertices: np.ndarray, normals: np.ndarray, code_id: int = -1, chunk: int = 65536
+    model,
+    skts: torch.Tensor,
+    vertices: np.ndarray,
+    normals: np.ndarray,
+    code_id: int = -1,
+    settings=None,
+    chunk: int = 8192,
 ) -> np.ndarray:
-    """Field rgb at ``vertices [V, 3]`` seen along ``-normals [V, 3]`` (outward unit normals): uint8 ``[V, 3]``."""
+    """Colour of each vertex as a camera looking straight at it sees it: a ray from ``VIEW_OFFSET`` x height
+    outside the vertex along ``-normal``, volume-rendered with ``renderer.render_rays`` and un-composited from
+    its (black) background. Sampling the colour MLP exactly at the iso-surface instead gives the colour of
+    the semi-transparent fringe, which is mostly untrained (washed-out colours).
+
+    Args: ``vertices [V, 3]`` world, ``normals [V, 3]`` outward unit normals. Returns uint8 ``[V, 3]``.
+    """
+    from fast_anerf.renderer import RenderSettings, render_rays
+
     device = model.box_min.device
     skts = skts.to(device).float()
+    settings = settings or RenderSettings()
+    black = torch.zeros(3, device=device)
     out = []
     for sl in range(0, len(vertices), chunk):
+        n = torch.tensor(np.array(normals[sl : sl + chunk], np.float32), device=device)
         x = torch.tensor(np.array(vertices[sl : sl + chunk], np.float32), device=device)
-        d = -torch.tensor(np.array(normals[sl : sl + chunk], np.float32), device=device)
-        x_local = _to_local(skts, x)
-        d_local = torch.einsum("jab,nb->nja", skts[:, :3, :3], d)
         codes = torch.full((len(x),), code_id, dtype=torch.long, device=device)
-        out.append(model.field(x_local, d_local, codes)[1].clamp(0, 1).cpu())
+        result = render_rays(model, x + VIEW_OFFSET * model.height * n, -n, skts, codes, black, settings)
+        out.append((result["rgb"] / result["acc"].clamp_min(1e-3)[:, None]).clamp(0, 1).cpu())
     return np.round(torch.cat(out).numpy() * 255).astype(np.uint8)
 
 
-def extract_mesh(model, skts: torch.Tensor, res: int = 128, opacity: float = 0.5, code_id: int = -1):
+def extract_mesh(model, skts: torch.Tensor, res: int = 128, opacity: float = 0.5, code_id: int = -1, settings=None):
     """Marching cubes of the density of ``model`` posed by ``skts [24, 4, 4]``.
 
     Returns ``(mesh, stats)``: a coloured ``trimesh.Trimesh`` in world units (largest component only, faces
@@ -125,7 +141,7 @@ def extract_mesh(model, skts: torch.Tensor, res: int = 128, opacity: float = 0.5
     mesh = largest
     if mesh.volume < 0:  # marching-cubes winding depends on the sign convention: make normals point out
         mesh.invert()
-    mesh.visual.vertex_colors = vertex_colours(model, skts, mesh.vertices, mesh.vertex_normals, code_id)
+    mesh.visual.vertex_colors = vertex_colours(model, skts, mesh.vertices, mesh.vertex_normals, code_id, settings)
     stats.update(vertices=len(mesh.vertices), faces=len(mesh.faces))
     return mesh, stats
 
@@ -274,7 +290,7 @@ def run_mesh(scene, job: MeshJob, args, out) -> dict:
     meshes, stats = [], {}
     for name, skts, code in zip(job.names, job.skts, job.codes, strict=True):
         start = time.perf_counter()
-        mesh, stats[name] = extract_mesh(scene.model, skts, args.mesh_res, args.mesh_threshold, code)
+        mesh, stats[name] = extract_mesh(scene.model, skts, args.mesh_res, args.mesh_threshold, code, scene.settings)
         mesh.export(out.tmp / f"{name}.ply")
         stats[name]["seconds"] = time.perf_counter() - start
         print(

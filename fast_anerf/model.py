@@ -18,7 +18,7 @@ from torch import nn
 from fast_anerf.anerf_field import ANeRFField
 from fast_anerf.bone_boxes import bone_boxes, skeleton_height
 from fast_anerf.config import RunConfig
-from fast_anerf.errors import CheckpointError
+from fast_anerf.errors import CheckpointError, writing
 from fast_anerf.field import FastField
 from fast_anerf.sampling.occupancy import BoneOccupancy, density_in_poses
 
@@ -73,17 +73,20 @@ class Character(nn.Module):
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """Save to a temporary file in the same folder, fsync, then rename: never a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):  # a full disk or a read-only folder: one line naming the file; the old one stays
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(obj, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException as error:
+            Path(tmp).unlink(missing_ok=True)
+            if isinstance(error, RuntimeError) and isinstance(error.__context__, OSError):
+                raise error.__context__ from None  # torch's zip writer hides a failed write (full disk) this way
+            raise
 
 
 def save_checkpoint(path: Path, model: Character, **trainer_state: Any) -> None:
@@ -110,16 +113,56 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as error:  # truncated zip, pickle garbage, ...: all mean "damaged"
         kind = type(error).__name__
         raise CheckpointError(
-            f"{path}: cannot read the checkpoint ({kind}); it is damaged or not a checkpoint"
+            f"{path}: cannot read the checkpoint ({kind}); it is damaged (e.g. truncated) or not a checkpoint — "
+            "pass the checkpoint.pt written by `fast-anerf train`, or retrain"
         ) from None
     if not isinstance(ckpt, dict) or "version" not in ckpt or "model" not in ckpt:
-        raise CheckpointError(f"{path}: not a fast-anerf checkpoint (no 'version'/'model' keys)")
+        raise CheckpointError(
+            f"{path}: not a fast-anerf checkpoint (no 'version'/'model' keys); pass the checkpoint.pt written by "
+            "`fast-anerf train`"
+        )
     if ckpt["version"] != CHECKPOINT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint version {ckpt['version']} but this fast-anerf reads version {CHECKPOINT_VERSION}; "
             "retrain or use the fast-anerf release that wrote it"
         )
+    check_checkpoint(ckpt, path)
     return ckpt
+
+
+def check_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
+    """Structure, field type and finite weights of a loaded checkpoint dict (``CheckpointError`` naming ``path``),
+    so that a damaged checkpoint fails here and not deep inside a command."""
+
+    def bad(problem: str, fix: str = "the file is damaged; retrain or pass another checkpoint") -> CheckpointError:
+        return CheckpointError(f"{path}: {problem}; {fix}")
+
+    weights = ckpt["model"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise bad("its 'model' entry is not a set of weights (a state dict of tensors)")
+    config = ckpt.get("config")
+    if not isinstance(config, dict) or not all(isinstance(config.get(t, {}), dict) for t in ("train", "fast", "anerf")):
+        raise bad(f"its 'config' is {type(config).__name__}, not the run's settings")
+    n_codes = ckpt.get("n_frame_codes")
+    if not isinstance(n_codes, int) or isinstance(n_codes, bool) or n_codes < 0:
+        raise bad(f"its 'n_frame_codes' is {n_codes!r}; expected a count >= 0")
+    codes = weights.get("field.frame_codes.weight")
+    if codes is not None and codes.shape[0] != max(n_codes, 1):
+        raise bad(f"its 'n_frame_codes' is {n_codes} but the weights hold {codes.shape[0]} frame codes")
+    field = config.get("train", {}).get("field", "fast")
+    if field not in ("fast", "anerf") or ckpt.get("field_type", field) != field:
+        raise bad(f"its field type {ckpt.get('field_type')!r} disagrees with its config's field {field!r}")
+    rest = weights.get("rest_pose")
+    if rest is None or tuple(rest.shape) != (24, 3):
+        got = None if rest is None else tuple(rest.shape)
+        raise bad(f"its weights lack the rest skeleton 'rest_pose' [24, 3] (got {got})")
+    for name, value in weights.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            count = int((~torch.isfinite(value)).sum())
+            raise bad(f"weight '{name}' holds {count} non-finite values",
+                      "it was saved after training diverged; use an earlier checkpoint or retrain")  # fmt: skip
+    if float(skeleton_height(rest.float())) <= 0:
+        raise bad("its rest skeleton 'rest_pose' has zero height (all joints at one point)")
 
 
 def load_character(path: Path, device: str | torch.device = "cpu", backend: str = "auto") -> tuple[Character, dict]:
@@ -127,10 +170,17 @@ def load_character(path: Path, device: str | torch.device = "cpu", backend: str 
     ckpt = read_checkpoint(path)
     config = RunConfig.from_dict(ckpt["config"], source=str(path))
     rest_pose = ckpt["model"]["rest_pose"]
-    model = Character(config, rest_pose, ckpt["n_frame_codes"], backend=backend)
+    try:
+        model = Character(config, rest_pose, ckpt["n_frame_codes"], backend=backend)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as error:  # settings no model can have
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path}: its config cannot build a model ({first}); the file is damaged") from None
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not match the saved config ({first})") from None
+        first = " ".join(str(error).split())[:300]
+        raise CheckpointError(
+            f"{path}: weights do not match the saved config ({first}); the file is damaged or from another "
+            "field type — retrain or pass the right checkpoint"
+        ) from None
     return model.to(device), ckpt

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from fast_anerf.data.rays import bounding_cylinder
+from fast_anerf.errors import writing
 
 
 def export_refined_poses(source: Path, target: Path, poses: dict[str, torch.Tensor]) -> Path:
@@ -22,6 +23,12 @@ def export_refined_poses(source: Path, target: Path, poses: dict[str, torch.Tens
             pose rows. The copy is written to a temporary file and renamed (never a half-written file).
     """
     target = Path(target)
+    with writing(target):  # a full disk or a read-only folder: one line naming the file
+        _export(source, target, poses)
+    return target
+
+
+def _export(source: Path, target: Path, poses: dict[str, torch.Tensor]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -41,4 +48,3 @@ def export_refined_poses(source: Path, target: Path, poses: dict[str, torch.Tens
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return target

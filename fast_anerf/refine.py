@@ -48,6 +48,7 @@ def run_refine(args) -> dict:
     print(f"{model.describe()}\nrefining {poses.n_poses} poses of {args.data} ({split.n_images} images) "
           f"for {args.steps} steps on {device}")  # fmt: skip
     start = time.perf_counter()
+    bad_steps, max_bad = 0, model.config.train.max_bad_steps
     for step in range(1, args.steps + 1):
         batch = {k: v.to(device) for k, v in pool.next_batch().items()}
         skts, reg = refiner.skts(pose_idxs[batch["image_idx"]], step)
@@ -55,12 +56,25 @@ def run_refine(args) -> dict:
         rendered = render_rays(model, batch["rays_o"], batch["rays_d"], skts, codes, batch["background"],
                                settings, generator=generator)  # fmt: skip
         photo = photometric_loss(rendered["rgb"], batch["rgb"], model.config.train.loss)
-        (photo + reg).backward()
+        loss = photo + reg
+        loss.backward()
+        grads_finite = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in poses.parameters())
+        if not (bool(torch.isfinite(loss)) and grads_finite):  # skip: one bad batch must not corrupt the poses
+            refiner.optimizer.zero_grad(set_to_none=True)
+            bad_steps += 1
+            print(f"step {step}: non-finite loss or gradient, step skipped", flush=True)
+            if bad_steps >= max_bad:
+                raise UserError(
+                    f"{args.data}: {bad_steps} consecutive non-finite steps up to step {step}; stopped, nothing "
+                    "written. Lower --lr or check the data and the checkpoint"
+                )
+            continue
+        bad_steps = 0
         refiner.after_backward(step)
         if step % 50 == 0 or step == args.steps:
             mse = float((rendered["rgb"].detach() - batch["rgb"]).pow(2).mean())
             print(f"step {step:>5}/{args.steps}  psnr {-10 * math.log10(max(mse, 1e-10)):6.2f}  "
-                  f"reg {float(reg):.4f}  {time.perf_counter() - start:6.1f}s", flush=True)  # fmt: skip
+                  f"reg {float(reg.detach()):.4f}  {time.perf_counter() - start:6.1f}s", flush=True)  # fmt: skip
     refined = poses.export()
     report: dict = {"checkpoint": str(args.ckpt), "data": str(args.data), "steps": args.steps,
                     "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip

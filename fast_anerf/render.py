@@ -209,6 +209,8 @@ class Scene:
         stored = str(self.ckpt.get("data") or "")
         path = Path(args.data) if args.data is not None else Path(stored) if stored else None
         path = path / "train.h5" if path is not None and path.is_dir() else path
+        if args.data is not None and not path.is_file():
+            raise UserError(f"--data {args.data}: no such .h5 file (or folder with train.h5); pass the training data")
         if path is None or not path.is_file():
             raise UserError(f"{args.ckpt}: its training data '{path}' is not there; pass the .h5 with --data")
         self.data = open_anerf_h5(path)

@@ -14,7 +14,7 @@ from fast_anerf.bone_boxes import ray_box_intervals
 from fast_anerf.data.rays import image_rays
 from fast_anerf.model import Character
 from fast_anerf.sampling.march import march_boxes, march_occupied
-from fast_anerf.sampling.volrend import accumulate, render_weights, visibility
+from fast_anerf.sampling.volrend import accumulate, render_weights, visibility, visibility_progressive
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def render_rays(
     Returns:
         ``rgb [R, 3]`` (composited on the background), ``acc [R]`` (opacity), ``depth [R]`` (t, where acc>0),
         ``n_samples`` (scalar tensor: samples evaluated by the full field), ``n_candidates`` (samples whose
-        density was evaluated without gradients to choose them; equals ``n_samples`` without occupancy).
+        density was evaluated without gradients to choose them; ``n_samples`` without occupancy).
     """
     n_rays = rays_o.shape[0]
     origins, directions = rays_to_bones(rays_o, rays_d, skts)
@@ -105,11 +105,17 @@ def render_rays(
             alpha_thre = min(settings.alpha_thre, float(occupancy.occs.mean()))
             with torch.no_grad():
                 t_mid = 0.5 * (t_starts + t_ends)
-                x_cand = origins.detach()[ray_idx] + t_mid[:, None, None] * directions.detach()[ray_idx]
-                sigma = model.field.density(x_cand)
-                keep = visibility(
-                    sigma, t_starts, t_ends, ray_idx, n_rays, ray_scale, settings.early_stop_eps, alpha_thre
-                )
+                o, d = origins.detach(), directions.detach()
+
+                def sigma_fn(sel: torch.Tensor) -> torch.Tensor:
+                    ray = ray_idx[sel]
+                    return model.field.density(o[ray] + t_mid[sel, None, None] * d[ray])
+
+                args = (t_starts, t_ends, ray_idx, n_rays, ray_scale, settings.early_stop_eps, alpha_thre)
+                if ray_idx.is_cuda:  # one density pass over all candidates (nerfacc's way; cheap on a GPU)
+                    keep = visibility(sigma_fn(torch.arange(n_candidates, device=ray_idx.device)), *args)
+                else:  # front to back, only until each ray is opaque (same samples, far fewer densities)
+                    keep, n_candidates = visibility_progressive(sigma_fn, *args, return_count=True)
             ray_idx, t_starts, t_ends = ray_idx[keep], t_starts[keep], t_ends[keep]
     else:
         ray_idx, t_starts, t_ends = march_boxes(

@@ -348,9 +348,9 @@ class ViewerState:
         if not isinstance(joint, int | np.integer) or not 0 <= int(joint) < N_JOINTS:
             raise ViewerInputError(f"joint must be an index in 0..{N_JOINTS - 1}, got {joint!r}")
         if values.shape != (3,) or not np.isfinite(values).all():
-            raise ViewerInputError(f"joint rotation must be 3 finite angles in radians, got {list(values)}")
+            raise ViewerInputError(f"joint rotation must be 3 finite angles in radians, got {values.tolist()}")
         if np.abs(values).max() > np.pi + 1e-6:
-            raise ViewerInputError(f"joint rotation angles must lie in [-pi, pi] radians, got {list(values)}")
+            raise ViewerInputError(f"joint rotation angles must lie in [-pi, pi] radians, got {values.tolist()}")
         with self._lock:
             self._offsets[int(joint)] = torch.as_tensor(values, dtype=torch.float32)
             self._changed()
@@ -390,7 +390,8 @@ class ViewerState:
 
     def render(self, c2w, fov_y: float, height: int, width: int) -> np.ndarray:
         """Render the current pose: OpenGL ``c2w [4, 4]``, vertical field of view ``fov_y`` (rad), size in
-        pixels (each side clamped to [8, MAX_RES]). Returns uint8 ``[H, W, 3]``; ``last_stats`` gets the time."""
+        pixels (each side clamped to [8, MAX_RES]). Returns uint8 ``[H, W, 3]``; ``last_stats`` gets the time and
+        the number of field samples."""
         c2w = torch.as_tensor(np.asarray(c2w, dtype=np.float64), dtype=torch.float32)
         if c2w.shape != (4, 4) or not bool(torch.isfinite(c2w).all()):
             raise ViewerInputError("camera pose must be a finite 4x4 matrix")
@@ -420,5 +421,6 @@ class ViewerState:
         if snap.show_skeleton:
             uv, depth = project_points(kp3d, c2w, focal, (width / 2, height / 2))
             draw_skeleton(image, uv.numpy(), depth.numpy())
-        self.last_stats = {"seconds": time.perf_counter() - start, "height": height, "width": width}
+        seconds = time.perf_counter() - start
+        self.last_stats = {"seconds": seconds, "height": height, "width": width, "samples": int(out["n_samples"])}
         return image

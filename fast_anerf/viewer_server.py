@@ -17,6 +17,7 @@ is reported and the server keeps serving. Ctrl-C stops the server, its threads a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -112,7 +113,8 @@ class ClientRenderer:
             image = self.app.state.render(viser_to_c2w(wxyz, position), fov, height, width)
             self.client.scene.set_background_image(image, format="jpeg", jpeg_quality=JPEG_QUALITY)
         except Exception as error:  # never kill the loop: report, and wait for the next change
-            self.app.report_error(f"rendering failed: {error}", error)
+            if not self._stop.is_set():  # a tab closing mid-render is not an error
+                self.app.report_error(f"rendering failed: {error}", error)
             return
         seconds = time.perf_counter() - start
         rate = seconds / (height * width)
@@ -183,9 +185,12 @@ class ViewerApp:
             facing = axis_angle_to_matrix(root_rot).numpy() @ np.array([0.0, 0.0, 1.0])
             eye = target + 1.8 * height * facing + np.array([0.0, -0.15 * height, 0.0])
             c2w, fov = look_at_c2w(eye, target), np.radians(40.0)
+        # Orbit about the point of the view axis nearest to the body: the first frame is exactly the home view.
+        forward = -c2w[:3, 2]
+        look_at = c2w[:3, 3] + max(float((target - c2w[:3, 3]) @ forward), 1e-3) * forward
         cam = self.server.initial_camera
         cam.position = tuple(c2w[:3, 3])
-        cam.look_at = tuple(target)
+        cam.look_at = tuple(look_at)
         cam.up = (0.0, -1.0, 0.0)
         cam.fov = float(fov)
 
@@ -208,29 +213,41 @@ class ViewerApp:
             self.res = gui.add_slider("Resolution", MIN_RES, MAX_RES, 32, self.resolution)
             self.preview = gui.add_slider("Moving resolution", MIN_RES, MAX_RES, 32, self.preview_resolution)
 
-        self._syncing = False  # True while the joint sliders are set from the state (not from the user)
+        # Set while this thread shows the state's values in the controls: their callbacks then do nothing.
+        # Thread-local, since viser runs the callbacks of a value set from Python in the setting thread.
+        self._local = threading.local()
         self.motion.on_update(self._guard(lambda _: self._on_motion()))
-        self.frame.on_update(self._guard(lambda _: state.set_frame(self.frame.value)))
+        self.frame.on_update(self._guard(lambda _: state.set_frame(self.frame.value), self._show_frame))
         self.play.on_click(self._guard(lambda _: self._toggle_play()))
         self.joint.on_update(self._guard(lambda _: self._on_joint()))
         for slider in self.axes:
-            slider.on_update(self._guard(lambda _: self._on_axes()))
+            slider.on_update(self._guard(lambda _: self._on_axes(), self._on_joint))
         self.reset.on_click(self._guard(lambda _: self._on_reset()))
         self.skeleton.on_update(self._guard(lambda _: state.set_skeleton(self.skeleton.value)))
         self.background.on_update(self._guard(lambda _: state.set_background(self.background.value)))
-        self.res.on_update(self._guard(lambda _: self._on_resolution()))
-        self.preview.on_update(self._guard(lambda _: self._on_resolution()))
+        self.res.on_update(self._guard(lambda _: self._on_resolution(), self._show_resolution))
+        self.preview.on_update(self._guard(lambda _: self._on_resolution(), self._show_resolution))
 
-    def _guard(self, callback):
-        """Wrap a GUI callback: errors go to the page and the log; success clears the error box."""
+    def _guard(self, callback, revert=None):
+        """Wrap a GUI callback: a new input clears the last error; its own error goes to the page and the log,
+        and ``revert()`` puts the control back to the value in use."""
 
         def guarded(event) -> None:
+            if getattr(self._local, "showing", False):
+                return
+            # Cleared first: a render thread may already be reporting a failure of the state this input made.
+            self.clear_error()
             try:
                 callback(event)
             except Exception as error:
                 self.report_error(str(error), error)
+                if revert is not None:
+                    try:
+                        with self._showing_state():
+                            revert()
+                    except Exception:
+                        log.exception("viewer: could not reset the control")
                 return
-            self.clear_error()
             self.wake_all()
 
         return guarded
@@ -238,7 +255,8 @@ class ViewerApp:
     def _on_motion(self) -> None:
         self.state.set_motion(self.motion.value)
         n = self.state.n_frames
-        self.frame.value = min(self.frame.value, n - 1)
+        with self._showing_state():  # the state clamped its frame already
+            self.frame.value = self.state.frame
         self.frame.max = max(n - 1, 1)  # a one-frame motion still gets a valid slider
         self.frame.disabled = n == 1
 
@@ -254,24 +272,37 @@ class ViewerApp:
         while not self._stopped.is_set():
             if not self._playing.wait(timeout=0.2):
                 continue
-            # Through the slider, so the page shows the frame and one code path changes it.
-            self.frame.value = (int(self.frame.value) + 1) % self.state.n_frames
+            try:  # through the slider, so the page shows the frame and one code path changes it
+                self.frame.value = (self.state.frame + 1) % self.state.n_frames
+            except Exception as error:  # the player must outlive any error
+                self.report_error(f"playing failed: {error}", error)
             time.sleep(1.0 / max(float(self.speed.value), 1.0))
+
+    def _show_frame(self) -> None:
+        self.frame.value = self.state.frame
+
+    def _show_resolution(self) -> None:
+        self.res.value, self.preview.value = self.resolution, self.preview_resolution
 
     def _joint_index(self) -> int:
         return SMPL_JOINT_NAMES.index(self.joint.value)
 
-    def _on_joint(self) -> None:
-        self._syncing = True  # show the chosen joint's edit without writing it back
+    @contextlib.contextmanager
+    def _showing_state(self):
+        previous = getattr(self._local, "showing", False)
+        self._local.showing = True
         try:
+            yield
+        finally:
+            self._local.showing = previous
+
+    def _on_joint(self) -> None:
+        with self._showing_state():  # show the chosen joint's edit without writing it back
             for slider, value in zip(self.axes, self.state.joint_offset(self._joint_index()), strict=True):
                 slider.value = value
-        finally:
-            self._syncing = False
 
     def _on_axes(self) -> None:
-        if not self._syncing:
-            self.state.set_joint_offset(self._joint_index(), [s.value for s in self.axes])
+        self.state.set_joint_offset(self._joint_index(), [s.value for s in self.axes])
 
     def _on_reset(self) -> None:
         self.state.reset_joints()
@@ -307,7 +338,6 @@ class ViewerApp:
     def report_error(self, message: str, error: BaseException | None = None) -> None:
         """Show ``message`` on every page (a box and a red notification) and log it (with the traceback when
         it is not a user error)."""
-        self.last_error = message
         if error is not None and not isinstance(error, UserError | ValueError):
             log.error("viewer: %s", message, exc_info=error)
         else:
@@ -319,6 +349,7 @@ class ViewerApp:
                 client.add_notification("Error", message, color="red", auto_close_seconds=8.0)
         except Exception:  # reporting must never raise (e.g. while the server shuts down)
             log.exception("viewer: could not show the error on the page")
+        self.last_error = message  # last: whoever sees it also sees the page updated
 
     def clear_error(self) -> None:
         if self.error_box.visible:
@@ -380,13 +411,22 @@ def build_state(args) -> tuple[ViewerState, TrainingView | None]:
 def run_viewer(args) -> None:
     """Serve until Ctrl-C (``View.main``)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} is not a port; use 1..65535 (or 0 for any free port)")
+    for name, value in (("--resolution", args.resolution), ("--preview-resolution", args.preview_resolution)):
+        if not MIN_RES <= value <= MAX_RES:
+            raise UserError(f"{name} {value} is out of range; use {MIN_RES}..{MAX_RES} pixels")
     state, home = build_state(args)
     app = ViewerApp(state, home, args.host, args.port, args.resolution, args.preview_resolution)
-    where = "this machine only" if args.host in ("127.0.0.1", "localhost", "::1") else f"host {args.host}"
-    print(f"fast-anerf viewer: {app.url} (serving {where}; motions: {', '.join(state.sequences)}). Ctrl-C stops.")
-    if home is None:
-        print(f"(no '{TRAINING}': the checkpoint's training data was not found)")
-    try:
+    try:  # from here on, Ctrl-C at any point stops the server cleanly
+        local = args.host in ("127.0.0.1", "localhost", "::1")
+        where = "this machine only" if local else f"{args.host}: reachable from other machines"
+        print(
+            f"fast-anerf viewer: {app.url} (serving {where}; motions: {', '.join(state.sequences)}). Ctrl-C stops.",
+            flush=True,
+        )
+        if home is None:
+            print(f"(no '{TRAINING}': the checkpoint's training data was not found)", flush=True)
         while True:
             time.sleep(0.5)
     except KeyboardInterrupt:

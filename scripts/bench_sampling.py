@@ -12,7 +12,10 @@ the CPU slow both alike. Reports, per run:
 * held-out PSNR (test_view and test_pose, every frame) after the same number of steps;
 * samples per pixel and per box-hitting ray when rendering held-out images, and seconds per image.
 
-    python scripts/bench_sampling.py [--steps 2000] [--estimated-poses] [--out bench_sampling.json]
+    python scripts/bench_sampling.py [--steps 2000] [--threads 1] [--arm 'a0:alpha_thre=0.0'] [--out FILE.json]
+
+``--arm NAME:key=value,...`` adds a run with other ``TrainConfig`` values (JSON); every arm is compared
+with "off".
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from fast_anerf.renderer import RenderSettings, rays_to_bones, render_rays
 from fast_anerf.train import Trainer
 
 
-def make_trainer(name: str, occupancy: bool, args) -> Trainer:
+def make_trainer(name: str, overrides: dict, args) -> Trainer:
     run_dir = args.runs / name
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
     trainer = Trainer(
@@ -51,7 +54,7 @@ def make_trainer(name: str, occupancy: bool, args) -> Trainer:
             seed=args.seed,
         )
     )
-    config = replace(trainer.config, train=replace(trainer.config.train, occupancy=occupancy))
+    config = replace(trainer.config, train=replace(trainer.config.train, **overrides))
     trainer.config = config  # gates the grid updates and the render settings
     trainer.model.config = config  # saved with the checkpoint
     return trainer
@@ -129,15 +132,23 @@ def main() -> None:
     parser.add_argument("--render-frames", type=int, default=4)
     parser.add_argument("--ablation-steps", type=int, default=100, help="steps per setting (0 = skip)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--arm", action="append", default=[], help="extra run, e.g. 'a0:alpha_thre=0.0' (JSON values)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench_sampling.json"))
     parser.add_argument("--runs", type=Path, default=Path("runs/bench_sampling"))
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if args.data is None:
         args.data = default_data_dir()
         generate_dataset(args.data, verbose=False)
 
-    runs = {"on": make_trainer("skip_on", True, args), "off": make_trainer("skip_off", False, args)}
+    arms = {"on": {}, "off": {"occupancy": False}}
+    for spec in args.arm:  # e.g. "on_a0:alpha_thre=0.0,occ_update_every=32"
+        name, _, assignments = spec.partition(":")
+        arms[name] = {k: json.loads(v) for k, v in (a.split("=", 1) for a in assignments.split(",") if a)}
+    runs = {name: make_trainer(f"skip_{name}", overrides, args) for name, overrides in arms.items()}
     warmup = runs["on"].config.train.occ_warmup_steps
     timing = {name: {"all": 0.0, "after_warmup": 0.0, "steps_after_warmup": 0} for name in runs}
     tail = {name: [] for name in runs}  # per-step stats over the last fifth of training
@@ -156,12 +167,10 @@ def main() -> None:
                     timing[name]["steps_after_warmup"] += 1
                 if stats is not None and trainer.step > 0.8 * args.steps:
                     tail[name].append(stats)
-            last = trainer.history[-1] if trainer.history else {}
             print(
-                f"[{name:>3}] step {trainer.step:5d}  {trainer.step * rays_per_step / timing[name]['all']:7.0f} rays/s"
-                + (f"  samples/ray {stats['samples_per_ray']:5.1f}" if stats else "")
-                + (f"  occupied {trainer.model.occupancy.occupied_fraction:.3f}" if name == "on" else "")
-                + (f"  psnr {last['psnr']:.2f}" if last else ""),
+                f"[{name:>5}] step {trainer.step:5d}  {trainer.step * rays_per_step / timing[name]['all']:7.0f} rays/s"
+                + (f"  samples/ray {stats['samples_per_ray']:5.1f}  psnr {stats['psnr']:.2f}" if stats else "")
+                + f"  occupied {trainer.model.occupancy.occupied_fraction:.3f}",
                 flush=True,
             )
 
@@ -178,7 +187,8 @@ def main() -> None:
             "samples_per_ray": sum(s["samples_per_ray"] for s in tail[name]) / max(len(tail[name]), 1),
             "candidates_per_ray": sum(s["candidates_per_ray"] for s in tail[name]) / max(len(tail[name]), 1),
             "train_psnr_tail": sum(s["psnr"] for s in tail[name]) / max(len(tail[name]), 1),
-            "occupied_fraction": trainer.model.occupancy.occupied_fraction if name == "on" else 1.0,
+            "overrides": arms[name],
+            "occupied_fraction": trainer.model.occupancy.occupied_fraction if trainer.config.train.occupancy else 1.0,
             "render": render_stats(trainer, args.data / "test_view.h5", args.render_frames),
             "final": final,
         }
@@ -190,7 +200,7 @@ def main() -> None:
     print(f"\ndevice: {device} ({device_name}), threads {torch.get_num_threads()}, {args.steps} steps, "
           f"poses {'estimated' if args.estimated_poses else 'true'}")  # fmt: skip
     header = (
-        f"{'skipping':<9} {'samples/ray':>11} {'cand/ray':>9} {'rays/s':>8} {'after wu':>9} "
+        f"{'arm':<9} {'samples/ray':>11} {'cand/ray':>9} {'rays/s':>8} {'after wu':>9} "
         f"{'test_view':>9} {'test_pose':>9} {'render spp':>10} {'s/image':>8}"
     )
     print(header)
@@ -201,14 +211,18 @@ def main() -> None:
             f"{r['final']['test_pose']['psnr']:>9.2f} {r['render']['samples_per_hit_ray']:>10.1f} "
             f"{r['render']['seconds_per_image']:>8.2f}"
         )
-    ratio = on["rays_per_s"] / off["rays_per_s"]
-    ratio_wu = on["rays_per_s_after_warmup"] / off["rays_per_s_after_warmup"]
-    gap_view = on["final"]["test_view"]["psnr"] - off["final"]["test_view"]["psnr"]
-    gap_pose = on["final"]["test_pose"]["psnr"] - off["final"]["test_pose"]["psnr"]
+    for name, r in rows.items():  # every arm against skipping off
+        r["speedup"] = r["rays_per_s"] / off["rays_per_s"]
+        r["speedup_after_warmup"] = r["rays_per_s_after_warmup"] / max(off["rays_per_s_after_warmup"], 1e-9)
+        r["psnr_gap_test_view"] = r["final"]["test_view"]["psnr"] - off["final"]["test_view"]["psnr"]
+        r["psnr_gap_test_pose"] = r["final"]["test_pose"]["psnr"] - off["final"]["test_pose"]["psnr"]
+        if name != "off":
+            print(
+                f"{name}/off: rays/s {r['speedup']:.2f}x (after warm-up {r['speedup_after_warmup']:.2f}x); PSNR "
+                f"test_view {r['psnr_gap_test_view']:+.2f} dB, test_pose {r['psnr_gap_test_pose']:+.2f} dB"
+            )
     for name, a in ablation.items():
-        print(f"skipping on, {name:<13}: {a['rays_per_s']:7.0f} rays/s, {a['samples_per_ray']:5.1f} samples/ray")
-    print(f"rays/s on/off: {ratio:.2f}x (after warm-up {ratio_wu:.2f}x); PSNR on-off: test_view {gap_view:+.2f} dB, "
-          f"test_pose {gap_pose:+.2f} dB")  # fmt: skip
+        print(f"on, {name:<13}: {a['rays_per_s']:7.0f} rays/s, {a['samples_per_ray']:5.1f} samples/ray")
     result = {
         "device": device,
         "device_name": device_name,
@@ -217,10 +231,10 @@ def main() -> None:
         "preset": args.preset,
         "poses": "estimated" if args.estimated_poses else "true",
         "rays_per_step": rays_per_step,
-        "speedup": ratio,
-        "speedup_after_warmup": ratio_wu,
-        "psnr_gap_test_view": gap_view,
-        "psnr_gap_test_pose": gap_pose,
+        "speedup": on["speedup"],
+        "speedup_after_warmup": on["speedup_after_warmup"],
+        "psnr_gap_test_view": on["psnr_gap_test_view"],
+        "psnr_gap_test_pose": on["psnr_gap_test_pose"],
         "rows": rows,
         "early_stop_ablation": ablation,
     }

@@ -17,9 +17,10 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_data, tmp_path_factory) -> Path:
-    """A checkpoint trained for 40 small steps on ``tiny_data``'s train.h5 (~5 s); a blurry but real body.
+    """A checkpoint trained for 40 small steps on ``tiny_data``'s train.h5; a blurry but real body.
 
-    The data is passed as the .h5 file, so training ends without a held-out evaluation.
+    Kept cheap: small batches and hash tables, no occupancy grids or pose refinement (their own tests cover
+    them), and the data passed as the .h5 file so training ends without a held-out evaluation.
     """
     from dataclasses import replace
 
@@ -31,8 +32,11 @@ def tiny_model(tiny_data, tmp_path_factory) -> Path:
 
     def small(name):
         cfg = original(name)
-        small_train = replace(cfg.train, rays_per_batch=256, images_per_batch=8, log_every=20, step_size=0.01)
-        return replace(cfg, train=small_train)
+        small_train = replace(
+            cfg.train, rays_per_batch=256, images_per_batch=8, log_every=20, step_size=0.01, occupancy=False,
+            refine_poses="off",
+        )  # fmt: skip
+        return replace(cfg, train=small_train, fast=replace(cfg.fast, log2_hashmap_size=12))
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train_module, "load_preset", small)

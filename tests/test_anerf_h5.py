@@ -28,6 +28,9 @@ def make_data(n: int = N, n_poses: int = N, seed: int = 0) -> dict:
     masks = rng.random((n, H, W)) < 0.3
     skts = np.tile(np.eye(4, dtype=np.float32), (n_poses, 24, 1, 1))
     skts[..., :3, 3] = rng.normal(size=(n_poses, 24, 3))
+    c2ws = np.tile(np.eye(4, dtype=np.float32), (n, 1, 1))  # rigid, as the reader requires
+    c2ws[:, :3, :3] = np.linalg.qr(rng.normal(size=(n, 3, 3)))[0]
+    c2ws[:, :3, 3] = rng.normal(size=(n, 3))
     return {
         "imgs": rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8),
         "masks": masks,
@@ -37,7 +40,7 @@ def make_data(n: int = N, n_poses: int = N, seed: int = 0) -> dict:
         "kp3d": rng.normal(size=(n_poses, 24, 3)).astype(np.float32),
         "bones": rng.normal(size=(n_poses, 24, 3)).astype(np.float32),
         "skts": skts,
-        "c2ws": rng.normal(size=(n, 4, 4)).astype(np.float32),
+        "c2ws": c2ws,
         "focals": rng.uniform(10, 20, n).astype(np.float32),
         "centers": rng.uniform(4, 8, (n, 2)).astype(np.float32),
         "cyls": rng.uniform(size=(n_poses, 5)).astype(np.float32),

@@ -9,6 +9,7 @@ from fast_anerf.data.synthetic import builtin_rest_pose
 from fast_anerf.renderer import rays_to_bones
 from fast_anerf.sampling.march import march_boxes, march_occupied, ray_span
 from fast_anerf.sampling.occupancy import BoneOccupancy
+from fast_anerf.sampling.volrend import visibility, visibility_progressive
 from fast_anerf.skeleton import pose_skeleton
 
 
@@ -112,3 +113,33 @@ def test_nerfacc_marching_equals_torch_marching_on_cuda():
     assert len(key_t ^ key_n) <= 0.002 * len(key_t), (len(key_t), len(key_t - key_n), len(key_n - key_t))
     assert torch.all(r_n[1:] >= r_n[:-1])  # sorted by ray
     torch.testing.assert_close(e_n - s_n, (0.02 / rays_d.norm(dim=-1))[r_n])
+
+
+def test_visibility_matches_nerfaccs_documented_example():
+    t_starts = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    sigmas = torch.tensor([0.4, 0.8, 0.1, 0.8, 0.1, 0.0, 0.9])
+    ray_indices = torch.tensor([0, 0, 0, 1, 1, 2, 2])
+    args = (t_starts, t_starts + 1.0, ray_indices, 3)
+    keep = visibility(sigmas, *args, early_stop_eps=0.3, alpha_thre=0.2)
+    assert keep.tolist() == [True, True, False, True, False, False, True]  # nerfacc's docstring
+    progressive = visibility_progressive(lambda sel: sigmas[sel], *args, early_stop_eps=0.3, alpha_thre=0.2, first=1)
+    assert progressive.tolist() == keep.tolist()
+
+
+@pytest.mark.parametrize("alpha_thre", [0.0, 0.05])
+def test_progressive_visibility_equals_one_pass_with_fewer_densities(alpha_thre):
+    g = torch.Generator().manual_seed(0)
+    n_rays = 300
+    counts = torch.randint(0, 60, (n_rays,), generator=g)
+    ray_indices = torch.repeat_interleave(torch.arange(n_rays), counts)
+    t_starts = torch.cat([torch.arange(int(c), dtype=torch.float32) for c in counts]) * 0.1
+    sigmas = torch.rand(ray_indices.numel(), generator=g) ** 3 * 60.0  # some rays turn opaque, some never
+    scale = torch.rand(n_rays, generator=g) + 0.5
+    args = (t_starts, t_starts + 0.1, ray_indices, n_rays, scale, 1e-3, alpha_thre)
+    expected = visibility(sigmas, *args)
+    asked = []
+    keep, count = visibility_progressive(lambda sel: asked.append(sel) or sigmas[sel], *args, return_count=True)
+    assert torch.equal(keep, expected)
+    assert 0 < expected.sum() < expected.numel()
+    assert count == sum(a.numel() for a in asked) < 0.6 * ray_indices.numel()
+    assert torch.cat(asked).unique().numel() == count  # no density is evaluated twice

@@ -146,3 +146,32 @@ def test_gradients_flow_through_the_surviving_samples():
     out["rgb"].sum().backward()
     assert torch.isfinite(skts.grad).all() and skts.grad.abs().sum() > 0
     assert model.field.grid.params.grad.abs().sum() > 0
+
+
+def test_training_updates_the_grids_and_resume_keeps_them(tiny_data, tmp_path, monkeypatch):
+    import fast_anerf.train as train_module
+    from fast_anerf.cli import Train
+    from fast_anerf.train import Trainer
+
+    original = train_module.load_preset
+
+    def small(name):  # a tiny run: few rays, grids updated every 4 steps, warm-up over after step 8
+        cfg = original(name)
+        small_train = replace(cfg.train, rays_per_batch=256, images_per_batch=8, occ_update_every=4)
+        return replace(cfg, train=replace(small_train, occ_warmup_steps=8, ckpt_every=5, eval_every=0))
+
+    monkeypatch.setattr(train_module, "load_preset", small)
+    args = Train(data=tiny_data, out=tmp_path / "a", steps=10, device="cpu", backend="torch", eval_every=0)
+    straight = Trainer(args)
+    assert straight.model.occupancy.binaries.all() and not straight.model.occupancy.occs.any()
+    straight.run()
+    occ = straight.model.occupancy
+    assert occ.occs.max() > 0.01 and 0.0 < occ.occupied_fraction < 1.0  # the fog outside the body is carved
+    # Interrupted at step 6 and resumed: the same grids (and weights) as the uninterrupted run.
+    Trainer(replace(args, out=tmp_path / "b", steps=6)).run()
+    resumed = Trainer(replace(args, out=tmp_path / "b", resume=True))
+    assert resumed.step == 6 and resumed.model.occupancy.occs.max() > 0.01  # the grids came back with it
+    resumed.run()
+    assert torch.equal(resumed.model.occupancy.occs, occ.occs)
+    assert torch.equal(resumed.model.occupancy.binaries, occ.binaries)
+    assert torch.equal(resumed.model.field.grid.params, straight.model.field.grid.params)

@@ -36,7 +36,8 @@ HEAD, L_ANKLE, R_ANKLE, L_SHOULDER, L_WRIST = 15, 7, 8, 16, 20
 
 
 # ---------------------------------------------------------------------------------------------
-# A tiny trained checkpoint (~10 s): the demo preset with small batches, 40 steps, no evaluation.
+# A tiny trained checkpoint: the demo preset with small batches, 15 steps (before the first occupancy update),
+# no evaluation.
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_ckpt(tiny_data, tmp_path_factory) -> Path:
@@ -53,7 +54,7 @@ def tiny_ckpt(tiny_data, tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train_module, "load_preset", small)
         # The .h5 file, not its folder: no held-out splits, so no evaluation at the end.
-        args = Train(data=tiny_data / "train.h5", out=out, steps=40, eval_every=0, device="cpu", backend="torch")
+        args = Train(data=tiny_data / "train.h5", out=out, steps=15, eval_every=0, device="cpu", backend="torch")
         train_module.Trainer(args).run()
     return out / "checkpoint.pt"
 
@@ -268,7 +269,10 @@ def test_errors_are_shown_and_the_server_keeps_serving(viewer, caplog):
         app.axes[0].value = float("nan")  # a bad value from the page
         assert app.error_box.visible and "finite" in app.error_box.content
         assert "finite" in caplog.text
-        assert state.joint_offset(0) == (0.0, 0.0, 0.0)
+        assert state.joint_offset(0) == (0.0, 0.0, 0.0) and app.axes[0].value == 0.0  # the slider is put back
+        app.frame.value = 99
+        assert app.error_box.visible and "frame 99 is out of range" in app.error_box.content
+        assert state.frame == 0 and app.frame.value == 0
         app.axes[0].value = 0.5  # a good one clears the error
         assert not app.error_box.visible and state.joint_offset(0) == (0.5, 0.0, 0.0)
 
@@ -282,6 +286,15 @@ def test_errors_are_shown_and_the_server_keeps_serving(viewer, caplog):
         app.frame.value = 4
         _wait(lambda: renderer.frames > frames, 30, "a frame after the error")
         assert state.frame == 4
+
+        app.motion.value = "walk"  # the motion picker resizes the frame slider
+        assert state.motion == "walk" and app.frame.max == state.n_frames - 1 == 95
+        app._toggle_play()
+        assert app.play.label == "Pause"
+        _wait(lambda: state.frame not in (4, 5), 10, "playing to advance two frames")
+        app._toggle_play()
+        assert app.play.label == "Play" and app.frame.value == state.frame
+        app.motion.value = TRAINING
     finally:
         app.stop()
         state.reset_joints()
@@ -314,29 +327,60 @@ def test_cli_serves_on_localhost_and_stops_on_ctrl_c(tiny_ckpt):
     assert "viewer stopped" in out and "Traceback" not in out
 
 
-def test_cli_bad_checkpoint_is_one_line(tmp_path):
+def test_cli_bad_arguments_are_one_line(tmp_path, tiny_ckpt, capsys):
     from fast_anerf.cli import entrypoint
 
-    code = entrypoint(["view", "--ckpt", str(tmp_path / "nope.pt")])
-    assert code == 2
+    for argv, message in (
+        (["--ckpt", str(tmp_path / "nope.pt")], "checkpoint not found"),
+        (["--ckpt", str(tiny_ckpt), "--port", "70000"], "--port 70000 is not a port"),
+        (["--ckpt", str(tiny_ckpt), "--resolution", "4096"], "--resolution 4096 is out of range"),
+        (["--ckpt", str(tiny_ckpt), "--motion-file", str(tmp_path / "none.npz"), "--port", "0"], "none.npz"),
+    ):
+        assert entrypoint(["view", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err, err
+
+
+def test_motion_file_joins_the_picker(tiny_ckpt, tmp_path):
+    from fast_anerf.data.motions import wave
+    from fast_anerf.viewer_server import build_state
+
+    bones, root = wave(12)
+    np.savez(tmp_path / "my_wave.npz", bones=bones, root=root)
+    state, _ = build_state(View(ckpt=tiny_ckpt, motion_file=(tmp_path / "my_wave.npz",), device="cpu"))
+    state.set_motion("my_wave")
+    assert state.n_frames == 12
+    state.set_frame(6)  # mid-wave: the right wrist is above the right shoulder (up is -y)
+    kp3d, _, code = state.pose()
+    assert kp3d[21, 1] < kp3d[17, 1] and code == -1
 
 
 # ---------------------------------------------------------------------------------------------
 # A real browser
 # ---------------------------------------------------------------------------------------------
-def _browser():
-    """A headless Chromium driven by chromedriver (Debian's packages), or a skip that says why not."""
+@pytest.fixture(scope="module")
+def chromium() -> tuple[str, str]:
+    """``(chromium, chromedriver)`` paths of Debian's packages, or a skip that says why they are missing (module
+    scope, listed first: the skip comes before the checkpoint is trained)."""
     try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
+        import selenium  # noqa: F401
     except ImportError:
         pytest.skip("selenium is not installed (pip install -e '.[dev]')")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
-    if chromium is None or driver is None:
+    if browser is None or driver is None:
         pytest.skip("Chromium could not be installed (apt-get install chromium chromium-driver failed; see .ci/run)")
+    return browser, driver
+
+
+def _browser(chromium):
+    """A headless Chromium driven by chromedriver."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver = chromium
     options = webdriver.ChromeOptions()
-    options.binary_location = chromium
+    options.binary_location = browser
     for flag in (
         "--headless",
         "--no-sandbox",
@@ -359,13 +403,13 @@ def _screenshot(browser) -> np.ndarray:
     return iio.imread(browser.get_screenshot_as_png())[..., :3]
 
 
-def test_browser_shows_the_character_and_the_frame_slider_changes_it(tiny_ckpt, tmp_path):
+def test_browser_shows_the_character_and_the_frame_slider_changes_it(chromium, tiny_ckpt, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
     from fast_anerf.viewer_server import ViewerApp, build_state
 
-    browser = _browser()
+    browser = _browser(chromium)
     state, home = build_state(View(ckpt=tiny_ckpt, device="cpu", backend="torch"))
     app = ViewerApp(state, home, port=0, resolution=256, preview_resolution=64, verbose=False)
     try:
@@ -374,9 +418,14 @@ def test_browser_shows_the_character_and_the_frame_slider_changes_it(tiny_ckpt, 
         renderer = next(iter(app.renderers.values()))
         client = next(iter(app.server.get_clients().values()))
 
-        # The browser's camera is our home view, upright: the head projects above the feet.
+        # The browser's camera moves to our home view (viser's own default comes first), upright: the head
+        # projects above the feet.
+        def at_home() -> bool:
+            return np.abs(np.asarray(client.camera.position) - home.c2w[:3, 3]).max() < 1e-3
+
+        _wait(at_home, 20, "the browser's camera to reach the home view")
         c2w = viser_to_c2w(client.camera.wxyz, client.camera.position)
-        np.testing.assert_allclose(c2w[:3, 3], home.c2w[:3, 3], atol=1e-3)
+        np.testing.assert_allclose(c2w, home.c2w, atol=1e-3)
         from fast_anerf.data.rays import project_points
 
         kp3d, _, _ = state.pose()

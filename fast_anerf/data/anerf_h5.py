@@ -25,7 +25,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from fast_anerf.errors import DataError
+from fast_anerf.errors import DataError, writing
 
 REQUIRED_KEYS = ("imgs", "masks", "img_shape", "kp3d", "bones", "skts", "c2ws", "focals")
 IMAGE_KEYS = ("imgs", "masks", "sampling_masks", "bkgds")  # read lazily, never loaded whole on open
@@ -33,7 +33,12 @@ KNOWN_KEYS = REQUIRED_KEYS + (
     "sampling_masks", "bkgds", "bkgd_idxs", "centers", "cyls", "rest_pose", "betas", "kp_idxs", "cam_idxs",
     "ext_scale", "pose_scale", "img_paths", "train_idxs", "val_idxs",
 )  # fmt: skip
-_FINITE_KEYS = ("kp3d", "bones", "skts", "c2ws", "focals", "centers", "cyls", "rest_pose")
+_FINITE_KEYS = ("kp3d", "bones", "skts", "c2ws", "focals", "centers", "cyls", "rest_pose", "ext_scale", "pose_scale",
+                "gt_skts")  # fmt: skip
+_TEXT_KEYS = ("img_paths",)  # every other loaded key must hold numbers
+# True poses that training can use (--gt-poses); gt_kp3d may have other joint sets (H36M: 17) and is only compared.
+_GT_TAILS = {"gt_skts": (24, 4, 4)}  # rows: one per pose or per image
+_RIGID_TOL = 1e-2  # max |R R^T - I| of a camera or bone rotation; float32 rigid transforms are ~1e-6 off
 _MIN_SIZE = 8  # pixels; smaller images are almost surely a wrong img_shape
 _FIX = "regenerate the file or fix the writer"
 
@@ -152,11 +157,16 @@ class AnerfData:
     def _validate(self) -> None:
         self.keys: dict[str, tuple[tuple[int, ...], str]] = {}
 
-        def visit(name: str, obj: Any) -> None:
+        def visit(name: str | bytes, obj: Any) -> None:
             if isinstance(obj, h5py.Dataset):
+                # h5py gives names that are not valid UTF-8 (a damaged header) as bytes: unknown keys, shown as text.
+                name = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
                 self.keys[name] = (tuple(int(s) for s in obj.shape), str(obj.dtype))
 
-        self._file.visititems(visit)
+        try:
+            self._file.visititems(visit)
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # damaged object headers
+            raise _err(self.path, f"cannot list its datasets ({e}); the file is damaged — regenerate it") from None
         self.extra_keys = sorted(k for k in self.keys if k not in KNOWN_KEYS and not k.startswith("gt_"))
         for key in REQUIRED_KEYS:
             if key not in self.keys:
@@ -166,9 +176,11 @@ class AnerfData:
             if key in IMAGE_KEYS or key in self.extra_keys:
                 continue
             arr = np.asarray(self._read(key))
-            if arr.dtype.kind in "SO":  # byte strings (img_paths) -> str
+            if key in _TEXT_KEYS and arr.dtype.kind in "SO":  # byte strings (img_paths) -> str
                 dec = [a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a) for a in arr.ravel()]
                 arr = np.array(dec).reshape(shape)
+            elif key not in _TEXT_KEYS and arr.dtype.kind not in "fiub":
+                raise self._bad(key, f"has dtype {arr.dtype}; expected numbers (float32 or int)")
             self.arrays[key] = arr
         self._validate_images()
         self._validate_poses()
@@ -187,7 +199,24 @@ class AnerfData:
         if (focals <= 0).any():
             i = int(np.argwhere(focals <= 0)[0, 0])
             raise self._bad("focals", f"is {focals[i]} for image {i}; expected focal lengths > 0 px")
+        for key in ("ext_scale", "pose_scale"):
+            if key in self.arrays and (self.arrays[key] <= 0).any():
+                raise self._bad(key, f"is {self.arrays[key].reshape(-1)[:3].tolist()}; expected a scale > 0")
+        for key in ("c2ws", "skts", "gt_skts"):
+            if key in self.arrays:
+                self._check_rigid(key)
         self._validate_indices()
+
+    def _check_rigid(self, key: str) -> None:
+        """Cameras and world-to-bone transforms are rigid: a zero or scaled rotation gives NaN or warped rays."""
+        rot = self.arrays[key][..., :3, :3].astype(np.float64)
+        error = np.abs(rot @ np.swapaxes(rot, -1, -2) - np.eye(3)).max(axis=(-1, -2))  # [rows(, 24)]
+        if (error > _RIGID_TOL).any():
+            where = np.argwhere(error > _RIGID_TOL)[0].tolist()
+            raise self._bad(
+                key, f"row {where} is not a rigid transform (rotation part off by {error.max():.3g}); "
+                "expected a rotation and a translation"
+            )  # fmt: skip
 
     def _validate_images(self) -> None:
         shape = self.arrays["img_shape"]
@@ -222,9 +251,22 @@ class AnerfData:
             if self.arrays[key].shape != (p, *tail):
                 got = self.arrays[key].shape
                 raise self._bad(key, f"has shape {got} but kp3d has {p} poses; expected {(p, *tail)}")
-        for key, tail in (("cyls", (5,)), ("rest_pose", (24, 3))):
-            if key in self.arrays and self.arrays[key].shape[-len(tail) :] != tail:
-                raise self._bad(key, f"has shape {self.arrays[key].shape}; expected (..., {', '.join(map(str, tail))})")
+        if "cyls" in self.arrays and self.arrays["cyls"].shape[-1:] != (5,):
+            raise self._bad("cyls", f"has shape {self.arrays['cyls'].shape}; expected ({p}, 5)")
+        if "rest_pose" in self.arrays and self.arrays["rest_pose"].shape != (24, 3):
+            raise self._bad("rest_pose", f"has shape {self.arrays['rest_pose'].shape}; expected (24, 3)")
+        for key, tail in _GT_TAILS.items():
+            a = self.arrays.get(key)
+            if a is not None and (a.ndim != len(tail) + 1 or a.shape[1:] != tail or len(a) not in (p, self.n_images)):
+                raise self._bad(key, f"has shape {a.shape}; expected ({p}, {', '.join(map(str, tail))})")
+        # A skeleton whose joints all sit at one point has no size: bone boxes and sample steps would be 0.
+        for key, joints in (("kp3d", kp3d), ("rest_pose", self.arrays.get("rest_pose"))):
+            if joints is None or not np.isfinite(joints).all():
+                continue  # non-finite values get their own message
+            extent = np.ptp(joints.reshape(-1, 24, 3), axis=1).max(axis=-1)  # [rows]
+            if (extent <= 0).any():
+                row = int(np.argmin(extent))
+                raise self._bad(key, f"pose {row} has all 24 joints at one point; expected a skeleton")
 
     def _validate_indices(self) -> None:
         n, p = self.n_images, self.n_poses
@@ -431,6 +473,11 @@ def write_anerf_h5(path: str | os.PathLike, data: dict[str, Any]) -> None:
         )
     hw = (shape[1], shape[2])
 
+    with writing(path):  # a full disk or a read-only folder: one line naming the file; an old file stays
+        _write_h5_atomic(path, data, shape, hw)
+
+
+def _write_h5_atomic(path: Path, data: dict[str, Any], shape: tuple[int, ...], hw: tuple[int, int]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Same folder: os.replace is then a rename on one filesystem. Unique: parallel writers don't collide.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")

@@ -195,23 +195,14 @@ def near_far_boxes(
         the line's parameterisation, so ``t`` computed in a joint frame is the world ``t``. The range is the
         envelope of the hit boxes; gaps between boxes are left to the occupancy grid.
     """
+    from fast_anerf.bone_boxes import ray_box_intervals  # (bone_boxes -> skeleton only: no import cycle)
+
     skts = _as_tensor(skts, rays_o)
-    box_min = _as_tensor(box_min, rays_o)
-    box_max = _as_tensor(box_max, rays_o)
     rot, trans = skts[..., :3, :3], skts[..., :3, 3]  # [(n,) J, 3, 3], [(n,) J, 3]
     eq = "njab,nb->nja" if rot.dim() == 4 else "jab,nb->nja"  # per-ray or shared skts
     o = torch.einsum(eq, rot, rays_o) + trans  # [n, J, 3] ray origins in each joint frame
     d = torch.einsum(eq, rot, rays_d)
-    # Axis-parallel components would give 0 * inf = nan at a slab boundary; nudge them to a tiny value.
-    tiny = torch.finfo(d.dtype).tiny ** 0.5
-    d = torch.where(d.abs() < tiny, torch.full_like(d, tiny), d)
-    inv = 1.0 / d
-    t_a = (box_min - o) * inv
-    t_b = (box_max - o) * inv
-    t_in = torch.minimum(t_a, t_b).amax(-1)  # [n, J]
-    t_out = torch.maximum(t_a, t_b).amin(-1)
-    t_in = t_in.clamp_min(0)
-    hit_j = t_out > t_in  # ray inside box j for a segment of positive length in front of the origin
+    t_in, t_out, hit_j = ray_box_intervals(o, d, _as_tensor(box_min, rays_o), _as_tensor(box_max, rays_o))
     hit = hit_j.any(-1)
     inf = torch.full_like(t_in, float("inf"))
     near = torch.where(hit_j, t_in, inf).amin(-1)

@@ -155,6 +155,10 @@ class RayPool:
         return {"perm": self._perm.clone(), "cursor": self._cursor, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self._perm = state["perm"].clone()
+        n = self.split.n_images
+        perm = state["perm"]
+        if not isinstance(perm, torch.Tensor) or not torch.equal(perm.sort().values, torch.arange(n)):
+            raise ValueError(f"the saved ray pool draws from {len(perm)} images but this data has {n}")
+        self._perm = perm.clone()
         self._cursor = int(state["cursor"])
         self.generator.set_state(state["generator"])

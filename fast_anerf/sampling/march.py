@@ -167,18 +167,29 @@ def march_occupied(
 
 
 def _occupied_torch(t_in, t_out, hit, origins, directions, occupancy, anchor, dt, far, n_cand):
-    """``(ray_indices [P], k [P])`` of kept candidates, in plain PyTorch (CPU or CUDA)."""
+    """``(ray_indices [P], k [P])`` of kept candidates, in plain PyTorch (CPU or CUDA).
+
+    Works on (ray, bone) box hits rather than a dense ``[R, K, 24]`` test: each hit covers a contiguous
+    range of candidates, found from ``t_in``/``t_out`` (widened by one, then tested exactly as nerfacc does,
+    ``t_in <= mid <= t_out`` and ``mid < far``), so the work is proportional to the (candidate, box) pairs.
+    """
     n_rays = t_in.shape[0]
-    k = torch.arange(n_cand, device=t_in.device, dtype=t_in.dtype)
-    mid = anchor[:, None] + (k[None, :] + 0.5) * dt[:, None]  # [R, K]
-    # (ray, candidate, bone) triples whose midpoint is inside the bone's box (and before the ray's far).
-    inside = (mid[:, :, None] >= t_in[:, None, :]) & (mid[:, :, None] <= t_out[:, None, :]) & hit[:, None, :]
-    inside &= (mid < far[:, None])[:, :, None]
-    r, c, j = inside.nonzero(as_tuple=True)
-    x = origins[r, j] + mid[r, c, None] * directions[r, j]  # [T, 3] bone-local midpoints
+    device = t_in.device
+    r, j = hit.nonzero(as_tuple=True)  # [H] box hits
+    a, step = anchor[r], dt[r]
+    k_lo = (torch.ceil((t_in[r, j] - a) / step - 0.5) - 1).clamp(0, n_cand - 1).long()
+    k_hi = (torch.floor((t_out[r, j] - a) / step - 0.5) + 1).clamp(-1, n_cand - 1).long()
+    counts = (k_hi - k_lo + 1).clamp_min(0)
+    pair = torch.repeat_interleave(torch.arange(r.numel(), device=device), counts)  # [T] (candidate, box)
+    k = k_lo[pair] + torch.arange(pair.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[pair]
+    r, j = r[pair], j[pair]
+    mid = anchor[r] + (k.to(anchor.dtype) + 0.5) * dt[r]  # the same expression as the dense t-grid
+    inside = (mid >= t_in[r, j]) & (mid <= t_out[r, j]) & (mid < far[r])
+    r, j, k, mid = r[inside], j[inside], k[inside], mid[inside]
+    x = origins[r, j] + mid[:, None] * directions[r, j]  # [T, 3] bone-local midpoints
     occupied = occupancy.occupied(j, x)
-    keep = torch.zeros(n_rays * n_cand, dtype=torch.bool, device=t_in.device)
-    keep[(r * n_cand + c)[occupied]] = True  # a candidate survives if any containing bone marks it occupied
+    keep = torch.zeros(n_rays * n_cand, dtype=torch.bool, device=device)
+    keep[(r * n_cand + k)[occupied]] = True  # a candidate survives if any containing bone marks it occupied
     return keep.view(n_rays, n_cand).nonzero(as_tuple=True)  # row-major: sorted by ray, then t
 
 

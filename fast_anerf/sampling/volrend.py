@@ -98,3 +98,60 @@ def visibility(
     if alpha_thre > 0:
         keep &= alphas >= alpha_thre
     return keep
+
+
+def visibility_progressive(
+    sigma_fn,
+    t_starts: torch.Tensor,
+    t_ends: torch.Tensor,
+    ray_indices: torch.Tensor,
+    n_rays: int,
+    ray_scale: torch.Tensor | None = None,
+    early_stop_eps: float = 1e-4,
+    alpha_thre: float = 0.0,
+    first: int = 4,
+    return_count: bool = False,
+):
+    """``visibility`` with densities evaluated front to back, only until each ray is opaque (same result).
+
+    ``visibility`` needs the density of every candidate, also of those deep behind an opaque surface. Here
+    round ``r`` evaluates the next ``first * 2^r`` candidates of the rays that are still transparent
+    (transmittance ``>= early_stop_eps``), so a ray that stops after a few samples costs a few densities.
+    Samples never evaluated lie behind a transmittance below ``early_stop_eps`` and would be dropped anyway,
+    so the kept set equals ``visibility``'s. Worth it where the density costs (CPU); on CUDA nerfacc's
+    single pass is cheaper than the extra launches.
+
+    Args:
+        sigma_fn: ``(indices [M]) -> sigmas [M]``: densities (per world unit) of the samples ``indices``.
+        first: candidates per ray in the first round.
+        return_count: also return how many densities were evaluated.
+        Others: as ``visibility``.
+
+    Returns:
+        ``[P]`` bool: the samples to keep (and the number of densities evaluated if ``return_count``).
+    """
+    n = ray_indices.numel()
+    keep = torch.zeros(n, dtype=torch.bool, device=ray_indices.device)
+    if n == 0:
+        return (keep, 0) if return_count else keep
+    info = pack_info(ray_indices, n_rays)
+    rank = torch.arange(n, device=ray_indices.device) - info[ray_indices, 0]  # position along its ray
+    scale = ray_scale[ray_indices] if ray_scale is not None else torch.ones_like(t_starts)
+    delta = (t_ends - t_starts) * scale
+    depth = torch.zeros(n_rays, dtype=torch.float64, device=ray_indices.device)  # optical depth so far
+    active = info[:, 1] > 0
+    lo, size, max_rank, evaluated = 0, max(int(first), 1), int(info[:, 1].max()), 0
+    while lo < max_rank and bool(active.any()):
+        sel = ((rank >= lo) & (rank < lo + size) & active[ray_indices]).nonzero().squeeze(-1)  # sorted by ray
+        sigma_delta = sigma_fn(sel) * delta[sel]
+        evaluated += sel.numel()
+        ray = ray_indices[sel]
+        before = depth[ray] + exclusive_sum_packed(sigma_delta, ray, n_rays).double()
+        visible = torch.exp(-before) >= early_stop_eps
+        if alpha_thre > 0:
+            visible &= (1.0 - torch.exp(-sigma_delta)) >= alpha_thre
+        keep[sel] = visible
+        depth.index_add_(0, ray, sigma_delta.double())
+        active &= torch.exp(-depth) >= early_stop_eps
+        lo, size = lo + size, size * 2
+    return (keep, evaluated) if return_count else keep

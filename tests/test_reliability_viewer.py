@@ -1,0 +1,146 @@
+"""Values from the browser (reliability, item 5): joint angles, frame index, resolution and the camera are
+validated server-side; a bad value is rejected (or clamped, for sizes) with a message on the page, nothing in
+the viewer's state changes, and the server keeps rendering. ``test_viewer.py`` tests the ordinary values."""
+
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from fast_anerf.cli import View
+from fast_anerf.viewer import MAX_RES, MIN_RES, ViewerInputError, c2w_to_viser, render_size
+
+if "fuzz_inputs" not in sys.modules:  # the small 2-step checkpoint of the damaged-input corpus
+    import importlib.util
+
+    _SPEC = importlib.util.spec_from_file_location(
+        "fuzz_inputs", Path(__file__).resolve().parents[1] / "scripts" / "fuzz_inputs.py"
+    )
+    sys.modules["fuzz_inputs"] = importlib.util.module_from_spec(_SPEC)
+    _SPEC.loader.exec_module(sys.modules["fuzz_inputs"])
+fuzz = sys.modules["fuzz_inputs"]
+
+BAD_ANGLES = ([1e9, 0, 0], [0, -1e9, 0], [np.nan, 0, 0], [0, np.inf, 0], [0, 0, -np.inf], [0.1, 0.2], "0.5", None)
+BAD_FRAMES = (-1, 10**6, 2.5, np.nan, np.inf, -np.inf, "7", None, [1])
+
+
+@pytest.fixture(scope="module")
+def viewer(tiny_data, tmp_path_factory):
+    from fast_anerf.viewer_server import build_state
+
+    fx = fuzz.make_fixture(tmp_path_factory.mktemp("viewer_fixture"), data=tiny_data)
+    return build_state(View(ckpt=fx.ckpt, device="cpu", backend="torch"))
+
+
+def test_state_rejects_bad_page_values_and_changes_nothing(viewer):
+    state, _ = viewer
+    version, frame, offsets = state.version, state.frame, [state.joint_offset(j) for j in range(24)]
+    for angles in BAD_ANGLES:
+        with pytest.raises(ViewerInputError, match="joint rotation"):
+            state.set_joint_offset(3, angles)
+    for joint in (-1, 24, 10**9, 2.0, "3", None, np.nan):
+        with pytest.raises(ViewerInputError, match="joint must be an index"):
+            state.set_joint_offset(joint, [0.1, 0.0, 0.0])
+    for bad in BAD_FRAMES:
+        with pytest.raises(ViewerInputError, match="frame"):
+            state.set_frame(bad)
+    for name in ("", "../../etc/passwd", None):
+        with pytest.raises(ViewerInputError):
+            state.set_motion(name)
+    assert state.version == version and state.frame == frame
+    assert [state.joint_offset(j) for j in range(24)] == offsets
+    # Limits themselves are fine: the last frame, and +-pi.
+    state.set_frame(state.n_frames - 1)
+    state.set_joint_offset(3, [np.pi, -np.pi, 0.0])
+    assert state.frame == state.n_frames - 1 and state.joint_offset(3) == pytest.approx((np.pi, -np.pi, 0.0))
+    state.reset_joints()
+    state.set_frame(0)
+
+
+def test_sizes_are_clamped_and_garbage_is_rejected(viewer):
+    state, home = viewer
+    assert render_size(1.0, 0) == (MIN_RES, MIN_RES)
+    assert render_size(1.0, 10**6) == (MAX_RES, MAX_RES)
+    assert render_size(1.0, -5) == (MIN_RES, MIN_RES)
+    assert max(render_size(0.0, 256)) == 256 and max(render_size(1e9, 256)) == 256  # aspect clamped to [1/8, 8]
+    for aspect, side in ((np.nan, 256), (1.0, np.nan), (np.inf, 256), (1.0, np.inf)):
+        with pytest.raises(ViewerInputError, match="finite"):
+            render_size(aspect, side)
+    image = state.render(home.c2w, home.fov_y, 0, -3)  # a zero-size canvas renders the smallest image
+    assert image.shape == (MIN_RES // 4, MIN_RES // 4, 3) and image.dtype == np.uint8
+    bad_camera = np.array(home.c2w, dtype=float)
+    bad_camera[0, 3] = np.nan
+    with pytest.raises(ViewerInputError, match="camera"):
+        state.render(bad_camera, home.fov_y, 32, 32)
+    for fov in (0.0, np.pi, -1.0, np.inf, np.nan):
+        with pytest.raises(ViewerInputError, match="field of view"):
+            state.render(home.c2w, fov, 32, 32)
+
+
+class _Camera:
+    """The part of viser's ``CameraHandle`` that the render loop reads; values as a browser may send them."""
+
+    def __init__(self, c2w, fov, aspect):
+        self.wxyz, self.position = c2w_to_viser(c2w)
+        self.fov, self.aspect = fov, aspect
+
+    def on_update(self, callback):
+        self.callback = callback
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_server_shows_errors_on_the_page_and_keeps_serving(viewer):
+    from fast_anerf.viewer_server import ViewerApp
+
+    state, home = viewer
+    app = ViewerApp(state, home, port=0, resolution=32, preview_resolution=32, verbose=False)
+    sent = []
+    client = SimpleNamespace(
+        client_id=7,
+        camera=_Camera(home.c2w, home.fov_y, home.aspect),
+        gui=SimpleNamespace(add_markdown=lambda content, **_: SimpleNamespace(content=content)),
+        scene=SimpleNamespace(set_background_image=lambda image, **_: sent.append(image)),
+        add_notification=lambda *a, **k: None,
+    )
+    try:
+        app._on_connect(client)
+        renderer = app.renderers[7]
+        _wait(lambda: renderer.frames >= 1, 60, "the first frame")
+        # Sliders and fields set to what a tampered page could send: each one is refused on the page.
+        for slider, value, words in (
+            (app.res, 0, "resolution"),
+            (app.res, 10**6, "resolution"),
+            (app.preview, 1, "resolution"),
+            (app.frame, 10**6, "out of range"),
+            (app.frame, -3, "out of range"),
+            (app.axes[1], 1e9, "[-pi, pi]"),
+            (app.axes[2], np.nan, "finite"),
+        ):
+            slider.value = value
+            assert app.error_box.visible and words in app.error_box.content, (value, app.error_box.content)
+        assert (app.resolution, app.preview_resolution, state.frame) == (32, 32, 0)
+        assert state.joint_offset(0) == (0.0, 0.0, 0.0)
+        # A camera the browser sends with NaN: the render loop reports it and keeps going.
+        frames = renderer.frames
+        client.camera.position = np.array([np.nan, 0.0, 0.0])
+        renderer.wake()
+        _wait(lambda: "not finite" in app.last_error, 30, "the camera error")
+        client.camera.wxyz, client.camera.position = c2w_to_viser(home.c2w)
+        app.frame.value = 2  # a good value clears the error and renders again
+        _wait(lambda: renderer.frames > frames and state.frame == 2, 60, "a frame after the errors")
+        assert not app.error_box.visible
+        assert sent[-1].dtype == np.uint8 and max(sent[-1].shape[:2]) == 32
+    finally:
+        app.stop()
+        state.reset_joints()
+        state.set_frame(0)
