@@ -90,7 +90,7 @@ def main() -> None:
         print(
             f"{size}x{size}: {ms:8.1f} ms/frame (median of {len(times)}), {1000 / ms:6.2f} FPS; "
             f"min {1000 * min(times):.1f} ms; jpeg {jpeg_ms:.1f} ms; body covers {np.mean(coverage) / size**2:.0%}; "
-            f"{np.mean(samples) / 1e3:.0f}k samples/frame, {np.sum(samples) / np.sum(times) / 1e6:.2f} M samples/s"
+            f"{np.mean(samples) / 1e3:.0f}k samples/frame, {np.sum(samples) / np.sum(times) / 1e3:.0f}k samples/s"
         )
 
 

@@ -127,7 +127,10 @@ def test_renderer_skips_empty_cells_and_stops_opaque_rays():
     torch.testing.assert_close(no_stop["rgb"], off["rgb"], rtol=0, atol=1e-6)
     # Early stopping drops the samples behind opaque ones and changes pixels by at most ~eps.
     stop = render_rays(model, rays_o, rays_d, skts, codes, bg, RenderSettings(early_stop_eps=1e-3))
-    assert int(stop["n_samples"]) < 0.7 * int(off["n_samples"]) and int(stop["n_candidates"]) == int(off["n_samples"])
+    assert int(stop["n_samples"]) < 0.7 * int(off["n_samples"])
+    # The CPU density pass runs front to back only until each ray is opaque: it evaluates at least the kept
+    # samples and at most every candidate.
+    assert int(stop["n_samples"]) <= int(stop["n_candidates"]) <= int(off["n_samples"])
     torch.testing.assert_close(stop["rgb"], off["rgb"], rtol=0, atol=2e-3)
     # An empty grid: no sample at all, every pixel is the background.
     model.occupancy.binaries.zero_()
@@ -161,7 +164,9 @@ def test_training_updates_the_grids_and_resume_keeps_them(tiny_data, tmp_path, m
         return replace(cfg, train=replace(small_train, occ_warmup_steps=8, ckpt_every=5, eval_every=0))
 
     monkeypatch.setattr(train_module, "load_preset", small)
-    args = Train(data=tiny_data, out=tmp_path / "a", steps=10, device="cpu", backend="torch", eval_every=0)
+    args = Train(
+        data=tiny_data, out=tmp_path / "a", steps=10, device="cpu", backend="torch", eval_every=0, gt_poses=True
+    )
     straight = Trainer(args)
     assert straight.model.occupancy.binaries.all() and not straight.model.occupancy.occs.any()
     straight.run()
