@@ -255,7 +255,11 @@ def _scatter_pool() -> ThreadPoolExecutor | None:
         return None
     key = (os.getpid(), n)
     if key not in _POOL:
-        _POOL[key] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="hashgrid")
+        # Every worker flushes denormals like the trainer's main thread (the flag is per thread): otherwise a
+        # level's scatter rounds differently depending on which worker runs it, and runs stop being repeatable.
+        _POOL[key] = ThreadPoolExecutor(
+            max_workers=n, thread_name_prefix="hashgrid", initializer=torch.set_flush_denormal, initargs=(True,)
+        )
     return _POOL[key]
 
 
