@@ -86,7 +86,7 @@ class TrainConfig:
     occ_ema_decay: float = 0.7  # nerfacc: 0.95 for 20k-step runs; ours are 1-4k steps, so forget fog faster
     occ_threshold: float = 0.01  # occupied if sigma * step (one step's optical thickness) exceeds this
     early_stop_eps: float = 1e-4  # drop samples once the transmittance falls below this
-    alpha_thre: float = 0.0  # drop samples with opacity below min(this, mean occupancy); 0 = keep all
+    alpha_thre: float = 0.01  # drop samples with opacity below min(this, mean occupancy) (nerfacc examples: 1e-2)
     # Optimiser: Adam with exponential decay lr = lr * decay_rate ** (step / decay_steps).
     lr: float = 1e-1  # hash grids: 0.1 learned ~2x faster than Instant-NGP's 1e-2 here (measured)
     lr_mlp: float = 1e-2

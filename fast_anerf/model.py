@@ -59,11 +59,16 @@ class Character(nn.Module):
         """nerfacc-style occupancy update at training ``step`` (every ``occ_update_every`` steps).
 
         ``skts [F, 24, 4, 4]``: the training poses; each visited cell's density is evaluated in a random one.
+        ``generator``: for the random cells, jitter and poses; by default a CPU generator seeded from the
+        run's seed and ``step``, so resumed runs repeat the same updates without extra saved state, and the
+        trainer's own random stream (ray batches, jitter) is the same with the grids on or off.
         Returns whether the grids changed.
         """
         cfg = self.config.train
-        if self.occupancy is None or not cfg.occupancy:
+        if self.occupancy is None or not cfg.occupancy or cfg.occ_update_every <= 0 or step % cfg.occ_update_every:
             return False
+        if generator is None:
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         eval_fn = density_in_poses(self.field, skts, cfg.step_size * self.height, generator)
         return self.occupancy.update(
             step, eval_fn, generator, cfg.occ_threshold, cfg.occ_ema_decay, cfg.occ_warmup_steps, cfg.occ_update_every

@@ -38,11 +38,11 @@ from fast_anerf.errors import UserError
 from fast_anerf.skeleton import (
     N_JOINTS,
     SMPL_JOINT_NAMES,
-    SMPL_PARENTS,
     axis_angle_to_matrix,
     forward_kinematics,
     matrix_to_axis_angle,
     rigid_inverse,
+    skts_to_pose,
 )
 
 DEFAULT_ANIMATE_JOINTS = ("right_shoulder", "right_elbow", "right_wrist", "right_hand")  # A-NeRF's S9 choice
@@ -52,20 +52,6 @@ BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 # ---------------------------------------------------------------------------------------------
 # Poses
 # ---------------------------------------------------------------------------------------------
-def skts_to_pose(skts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """World-to-joint transforms ``[..., 24, 4, 4]`` -> local rotations ``[..., 24, 3, 3]``, root ``[..., 3]``.
-
-    The inverse of forward kinematics: with ``G_j`` the joint-to-world rotations, ``R_j = G_parent^T G_j``
-    (``R_0 = G_0``), so any pose source (stored, refined, ground truth) becomes rotations + root.
-    """
-    l2ws = rigid_inverse(skts)
-    glob = l2ws[..., :3, :3]
-    parents = [max(p, 0) for p in SMPL_PARENTS]
-    local = glob[..., parents, :, :].transpose(-1, -2) @ glob
-    local[..., 0, :, :] = glob[..., 0, :, :]
-    return local, l2ws[..., 0, :3, 3].clone()
-
-
 def pose_to_skts(rest_pose: torch.Tensor, rotations: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
     """Re-pose a rest skeleton ``[24, 3]`` with ``rotations [..., 24, 3, 3]`` and ``root [..., 3]``: ``skts``."""
     _, l2ws = forward_kinematics(rest_pose.to(rotations), rotations, root.to(rotations))

@@ -28,7 +28,7 @@ class RenderSettings:
     stratified: bool = False
     occupancy: bool = True  # skip empty cells of the model's occupancy grids (fast field, fixed step)
     early_stop_eps: float = 1e-4  # with occupancy: drop samples once the transmittance is below this
-    alpha_thre: float = 0.0  # with occupancy: drop samples less opaque than min(this, mean occupancy)
+    alpha_thre: float = 0.01  # with occupancy: drop samples less opaque than min(this, mean occupancy)
 
     @staticmethod
     def from_train(train_cfg, training: bool) -> RenderSettings:
@@ -84,7 +84,9 @@ def render_rays(
     Returns:
         ``rgb [R, 3]`` (composited on the background), ``acc [R]`` (opacity), ``depth [R]`` (t, where acc>0),
         ``n_samples`` (scalar tensor: samples evaluated by the full field), ``n_candidates`` (samples whose
-        density was evaluated without gradients to choose them; ``n_samples`` without occupancy).
+        density was evaluated without gradients to choose them; ``n_samples`` without occupancy). Called
+        without gradients (rendering), the choosing pass computes colour as well and is the only field pass,
+        so there ``n_samples == n_candidates``.
     """
     n_rays = rays_o.shape[0]
     origins, directions = rays_to_bones(rays_o, rays_d, skts)
@@ -102,14 +104,23 @@ def render_rays(
         if (settings.early_stop_eps > 0 or settings.alpha_thre > 0) and n_candidates:
             # nerfacc's sigma_fn pass: densities without gradients pick the visible samples (stop each ray
             # once opaque), so the expensive pass with gradients and colour runs on far fewer samples.
+            # Without gradients (rendering, not training) that pass computes colour too and is the only one.
             alpha_thre = min(settings.alpha_thre, float(occupancy.occs.mean()))
+            one_pass = not torch.is_grad_enabled()
+            if one_pass:
+                sigma_all = rays_o.new_zeros(n_candidates)
+                rgb_all = rays_o.new_zeros(n_candidates, 3)
             with torch.no_grad():
                 t_mid = 0.5 * (t_starts + t_ends)
                 o, d = origins.detach(), directions.detach()
 
                 def sigma_fn(sel: torch.Tensor) -> torch.Tensor:
                     ray = ray_idx[sel]
-                    return model.field.density(o[ray] + t_mid[sel, None, None] * d[ray])
+                    x = o[ray] + t_mid[sel, None, None] * d[ray]
+                    if not one_pass:
+                        return model.field.density(x)
+                    sigma_all[sel], rgb_all[sel] = model.field(x, d[ray] / ray_scale[ray, None, None], code_ids[ray])
+                    return sigma_all[sel]
 
                 args = (t_starts, t_ends, ray_idx, n_rays, ray_scale, settings.early_stop_eps, alpha_thre)
                 if ray_idx.is_cuda:  # one density pass over all candidates (nerfacc's way; cheap on a GPU)
@@ -117,6 +128,10 @@ def render_rays(
                 else:  # front to back, only until each ray is opaque (same samples, far fewer densities)
                     keep, n_candidates = visibility_progressive(sigma_fn, *args, return_count=True)
             ray_idx, t_starts, t_ends = ray_idx[keep], t_starts[keep], t_ends[keep]
+            if one_pass:
+                # Every density evaluated came with its colour: n_samples = n_candidates.
+                kept = (sigma_all[keep], rgb_all[keep], t_starts, t_ends, ray_idx)
+                return _composite(*kept, ray_scale, background, n_candidates, n_candidates)
     else:
         ray_idx, t_starts, t_ends = march_boxes(
             t_in,
@@ -134,6 +149,15 @@ def render_rays(
     x_local = origins[ray_idx] + t_mid[:, None, None] * directions[ray_idx]  # [P, 24, 3]
     d_local = directions[ray_idx] / ray_scale[ray_idx, None, None]  # unit length in every frame
     sigma, rgb = model.field(x_local, d_local, code_ids[ray_idx], density_noise_std=settings.density_noise_std)
+    return _composite(sigma, rgb, t_starts, t_ends, ray_idx, ray_scale, background, ray_idx.numel(), n_candidates)
+
+
+def _composite(
+    sigma, rgb, t_starts, t_ends, ray_idx, ray_scale, background, n_samples: int, n_candidates: int
+) -> dict[str, torch.Tensor]:
+    """Packed samples (``sigma [P]``, ``rgb [P, 3]``, intervals, ``ray_idx [P]``) -> ``render_rays``' outputs."""
+    n_rays = ray_scale.shape[0]
+    t_mid = 0.5 * (t_starts + t_ends)
     weights, _, _ = render_weights(sigma, t_starts, t_ends, ray_idx, n_rays, ray_scale=ray_scale)
     color = accumulate(weights, rgb, ray_idx, n_rays)
     acc = accumulate(weights, None, ray_idx, n_rays)[:, 0]
@@ -144,7 +168,7 @@ def render_rays(
         "rgb": color,
         "acc": acc,
         "depth": depth,
-        "n_samples": torch.tensor(ray_idx.numel()),
+        "n_samples": torch.tensor(n_samples),
         "n_candidates": torch.tensor(n_candidates),
     }
 

@@ -130,6 +130,21 @@ def forward_kinematics(
     return pos, torch.cat([top, bottom], dim=-2)
 
 
+def skts_to_pose(skts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """World-to-joint transforms ``[..., 24, 4, 4]`` -> local rotations ``[..., 24, 3, 3]``, root ``[..., 3]``.
+
+    The inverse of forward kinematics: with ``G_j`` the joint-to-world rotations, ``R_j = G_parent^T G_j``
+    (``R_0 = G_0``), so any pose source (stored, refined, ground truth) becomes rotations + root, and forward
+    kinematics of the result with the same rest pose gives back ``skts``.
+    """
+    l2ws = rigid_inverse(skts)
+    glob = l2ws[..., :3, :3]
+    parents = [max(p, 0) for p in SMPL_PARENTS]
+    local = glob[..., parents, :, :].transpose(-1, -2) @ glob
+    local[..., 0, :, :] = glob[..., 0, :, :]
+    return local, l2ws[..., 0, :3, 3].clone()
+
+
 def pose_skeleton(
     rest_pose: torch.Tensor, bones: torch.Tensor, root_position: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

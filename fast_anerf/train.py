@@ -274,7 +274,7 @@ class Trainer:
             # Occupancy grids from the field's density in the current training poses (sampling/occupancy.py).
             with torch.no_grad():
                 all_skts = self.skts if self.refiner is None else self.refiner.poses()[1]
-            self.model.update_occupancy(self.step, all_skts, self.generator)
+            self.model.update_occupancy(self.step, all_skts)  # its own generator, seeded by step
         batch = {k: v.to(self.device) for k, v in self.pool.next_batch().items()}
         rows = self.pose_idxs[batch["image_idx"]]
         pose_loss = torch.zeros((), device=self.device)

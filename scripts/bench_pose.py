@@ -7,7 +7,7 @@ Three runs on one machine, one after the other:
    perturbed with the generator's noise model -> MPJPE before/after.
 Prints a table and writes JSON naming the device.
 
-    python scripts/bench_pose.py [--minutes 6] [--refine-steps 300] [--out bench_pose.json]
+    python scripts/bench_pose.py [--minutes 10] [--refine-steps 300] [--out bench_pose.json]
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def train_run(out: Path, minutes: float, refine: str, seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=6.0)
+    parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--refine-steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=Path, default=Path("runs/bench_pose"))

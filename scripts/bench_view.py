@@ -6,7 +6,7 @@ motion plays; then the JPEG encoding the page receives. Prints ms per frame and 
 
     python scripts/bench_view.py --ckpt runs/demo/checkpoint.pt            # a trained character
     python scripts/bench_view.py                                          # untrained demo-preset field
-    python scripts/bench_view.py --sizes 256 512 --frames 20 --device cuda
+    python scripts/bench_view.py --sizes 256 512 --frames 20 --device cuda --out bench_view_cuda.json
 
 Without ``--ckpt`` the field is the demo preset's, untrained, posed by the built-in motions: the network and
 the samples per ray (fixed steps inside the bone boxes) are those of a trained one, but a trained field skips
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
+import platform
 import time
 from pathlib import Path
 
@@ -51,6 +53,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=5, help="timed frames per size (after one warm-up frame)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "tcnn"])
+    parser.add_argument("--out", type=Path, default=Path("bench_view.json"))
     args = parser.parse_args()
 
     from fast_anerf.viewer import look_at_c2w
@@ -67,6 +70,7 @@ def main() -> None:
         f"{model.describe()}\ndevice {device}, torch threads {torch.get_num_threads()}, "
         f"motion {state.motion!r} ({state.n_frames} frames), step {state.settings.step_size}"
     )
+    rows = []
     for size in args.sizes:
         times, coverage, samples = [], [], []
         for i in range(args.frames + 1):
@@ -92,6 +96,14 @@ def main() -> None:
             f"min {1000 * min(times):.1f} ms; jpeg {jpeg_ms:.1f} ms; body covers {np.mean(coverage) / size**2:.0%}; "
             f"{np.mean(samples) / 1e3:.0f}k samples/frame, {np.sum(samples) / np.sum(times) / 1e3:.0f}k samples/s"
         )
+        rows.append({"size": size, "ms_per_frame": ms, "fps": 1000 / ms, "min_ms": 1000 * min(times),
+                     "jpeg_ms": jpeg_ms, "body_fraction": float(np.mean(coverage)) / size**2,
+                     "samples_per_frame": float(np.mean(samples))})  # fmt: skip
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    result = {"device": device.type, "device_name": name, "threads": torch.get_num_threads(),
+              "ckpt": str(args.ckpt) if args.ckpt else None, "rows": rows}  # fmt: skip
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ def test_gradients_flow_through_the_surviving_samples():
     assert model.field.grid.params.grad.abs().sum() > 0
 
 
-def test_training_updates_the_grids_and_resume_keeps_them(tiny_data, tmp_path, monkeypatch):
+def test_training_updates_the_grids_and_resume_keeps_them(tiny_data, tmp_path, monkeypatch, one_torch_thread):
     import fast_anerf.train as train_module
     from fast_anerf.cli import Train
     from fast_anerf.train import Trainer
@@ -172,7 +172,7 @@ def test_training_updates_the_grids_and_resume_keeps_them(tiny_data, tmp_path, m
     straight.run()
     occ = straight.model.occupancy
     assert occ.occs.max() > 0.01 and 0.0 < occ.occupied_fraction < 1.0  # the fog outside the body is carved
-    # Interrupted at step 6 and resumed: the same grids (and weights) as the uninterrupted run.
+    # Interrupted at step 6 and resumed: the same grids as the uninterrupted run.
     Trainer(replace(args, out=tmp_path / "b", steps=6)).run()
     resumed = Trainer(replace(args, out=tmp_path / "b", resume=True))
     assert resumed.step == 6 and resumed.model.occupancy.occs.max() > 0.01  # the grids came back with it
@@ -180,3 +180,21 @@ def test_training_updates_the_grids_and_resume_keeps_them(tiny_data, tmp_path, m
     assert torch.equal(resumed.model.occupancy.occs, occ.occs)
     assert torch.equal(resumed.model.occupancy.binaries, occ.binaries)
     assert torch.equal(resumed.model.field.grid.params, straight.model.field.grid.params)
+
+
+def test_rendering_without_gradients_is_one_pass_with_the_same_pixels():
+    """Without autograd the visibility pass also computes colour and is the only field pass: same image."""
+    model = _model(density_bias=6.0)  # opaque: rays stop early, so the two-pass path drops candidates
+    rest = torch.as_tensor(builtin_rest_pose())
+    _, skts = pose_skeleton(rest, torch.zeros(24, 3), rest[0])
+    rays_o, rays_d = _rays(256)
+    codes = torch.zeros(256, dtype=torch.long)
+    args = (model, rays_o, rays_d, skts, codes, torch.ones(3), RenderSettings())
+    with torch.no_grad():
+        one_pass = render_rays(*args)
+    two_pass = render_rays(*args)
+    assert int(two_pass["n_samples"]) < int(two_pass["n_candidates"])  # some candidates were dropped
+    assert int(one_pass["n_samples"]) == int(one_pass["n_candidates"]) == int(two_pass["n_candidates"])
+    for key in ("rgb", "acc", "depth"):
+        torch.testing.assert_close(one_pass[key], two_pass[key].detach(), atol=1e-5, rtol=1e-5)
+    assert (one_pass["acc"] > 0.5).any()  # the rays do see the body

@@ -122,3 +122,36 @@ def test_refinement_from_true_poses_stays_put(tmp_path, tiny_data):
     print({k: v for k, v in report["after"].items() if "mpjpe" in k and "per_joint" not in k})
     assert report["after"]["mpjpe_mm"] < 10.0
     assert report["after"]["abs_mpjpe_mm"] < 20.0
+
+
+def test_multiview_shares_joint_rotations_per_time_instant(tmp_path, tiny_data):
+    """--multiview: the views of one time instant keep one set of non-root rotations; roots stay per view."""
+    import h5py
+
+    import fast_anerf.train as train_module
+    from fast_anerf.cli import Train
+
+    cfg = train_module.load_preset("demo")
+    small = replace(cfg, train=replace(cfg.train, rays_per_batch=512, images_per_batch=8, log_every=1000,
+                                       ckpt_every=1000, eval_every=0, pose_start=0, pose_lr=1e-2))  # fmt: skip
+    original = train_module.load_preset
+    train_module.load_preset = lambda name: small
+    try:  # test_view.h5: 4 cameras x the same training frames, one pose row per image, grouped by kp_idxs
+        args = Train(data=tiny_data / "test_view.h5", out=tmp_path / "run", steps=12, device="cpu", backend="torch",
+                     refine_poses="on", multiview=True)  # fmt: skip
+        train_module.Trainer(args).run()
+    finally:
+        train_module.load_preset = original
+    with h5py.File(tiny_data / "test_view.h5") as data:
+        kp_idxs, start_bones = data["kp_idxs"][:], torch.as_tensor(data["bones"][:])
+    with h5py.File(tmp_path / "run" / "refined_poses.h5") as refined:
+        bones = torch.as_tensor(refined["bones"][:])
+    rotations = axis_angle_to_matrix(bones)
+    groups = [torch.as_tensor((kp_idxs == k).nonzero()[0]) for k in sorted(set(kp_idxs.tolist()))]
+    assert all(len(g) == 4 for g in groups)
+    for rows in groups:  # non-root rotations equal across the views of an instant
+        first = rotations[rows[:1], 1:].expand(4, -1, -1, -1)
+        torch.testing.assert_close(rotations[rows, 1:], first, atol=1e-5, rtol=0)
+    assert (bones - start_bones)[:, 1:].abs().max() > 1e-3  # and the poses did move
+    root_change = (rotations[:, 0] - axis_angle_to_matrix(start_bones[:, 0])).abs().amax(dim=(-1, -2))
+    assert not torch.allclose(root_change[groups[0]], root_change[groups[0]][:1].expand(4))  # roots per view

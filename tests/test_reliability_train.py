@@ -60,12 +60,7 @@ def preset(tmp_path) -> Path:
 ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cli(data: Path, out: Path, preset: Path, steps: int, *extra: str) -> list[str]:

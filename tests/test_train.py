@@ -45,19 +45,8 @@ def test_loss_falls(tiny_data, tmp_path):
     assert summary["splits"]["test_view"]["psnr"] > 10.0
 
 
-def test_resume_equals_uninterrupted(tiny_data, tmp_path):
-    # One torch thread: with two, an in-process resume was seen to differ from the uninterrupted run in the last
-    # bits (open: some multi-threaded CPU op is not bit-repeatable); cross-process SIGKILL resume is in
-    # tests/test_reliability_train.py.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _resume_equals_uninterrupted(tiny_data, tmp_path)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _resume_equals_uninterrupted(tiny_data, tmp_path):
+def test_resume_equals_uninterrupted(tiny_data, tmp_path, one_torch_thread):
+    # Cross-process SIGKILL resume is in tests/test_reliability_train.py.
     straight = Trainer(_args(tiny_data, tmp_path / "a", steps=12))
     straight.run()
     first = Trainer(_args(tiny_data, tmp_path / "b", steps=7))

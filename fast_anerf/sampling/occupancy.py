@@ -16,8 +16,10 @@ Design, with the reason for each choice:
 * **nerfacc's update rule** (``update_every_n_steps``): every ``n`` training steps, before ``warmup_steps``
   every cell, afterwards ``R^3/4`` uniformly random cells plus up to ``R^3/4`` currently occupied cells per
   bone; one point jittered uniformly inside each chosen cell; ``occs = max(occs * decay, value)`` for the
-  visited cells; ``binaries = occs > min(mean(occs[occs >= 0]), threshold)``. Randomness comes from the
-  trainer's ``torch.Generator`` (its state is checkpointed), so resumed runs stay identical. Unlike nerfacc
+  visited cells; ``binaries = occs > min(mean(occs[occs >= 0]), threshold)``. Randomness comes from a CPU
+  generator seeded by the run's seed and the step (``Character.update_occupancy``): resumed runs repeat the
+  same updates with no extra saved state, and the trainer's own random stream (ray batches, jitter) is the
+  same with the grids on or off, so the two can be compared at equal steps. Unlike nerfacc
   the grid starts all-occupied (``binaries`` true), so an untrained model samples every box. The default
   decay (``TrainConfig.occ_ema_decay``) is 0.7, not nerfacc's 0.95: a visited cell loses a factor 0.95 per
   visit, so the initial fog (``sigma * step`` ~ 0.4) needs ~70 visits (~2300 steps) to fall below 0.01;
@@ -139,7 +141,7 @@ class BoneOccupancy(nn.Module):
         Args:
             step: the training step (updates when ``step % every_n == 0``).
             eval_fn: ``(bone_idx [N], x [N, 3] bone-local) -> [N]`` opacity-like value ``sigma * step``.
-            generator: CPU generator for the random cells and jitter (the trainer's, for identical resumes).
+            generator: CPU generator for the random cells and jitter (seeded per step, for identical resumes).
             threshold, ema_decay, warmup_steps, every_n: nerfacc's ``occ_thre``, ``ema_decay``,
                 ``warmup_steps``, ``n``.
         """
