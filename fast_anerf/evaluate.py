@@ -149,7 +149,44 @@ def run_eval(args) -> dict:
         results[name] = public(evaluate_split(model, load_split(path), settings, args.max_frames))
     print(f"{model.describe()}  step {ckpt.get('step', '?')}  device {device}")
     print(format_table(results))
+    poses = refined_pose_errors(ckpt)
     if args.json is not None:
-        write_json_atomic(args.json, {"checkpoint": str(args.ckpt), "step": ckpt.get("step"), "splits": results})
+        summary = {"checkpoint": str(args.ckpt), "step": ckpt.get("step"), "splits": results}
+        if poses is not None:
+            summary["poses"] = poses
+        write_json_atomic(args.json, summary)
         print(f"wrote {args.json}")
     return results
+
+
+def refined_pose_errors(ckpt: dict) -> dict | None:
+    """MPJPE / PA-MPJPE of the training data's poses before and after refinement, from a checkpoint.
+
+    Needs the refined poses in the checkpoint (a run that refined them) and ``gt_kp3d`` in the training file
+    it names; prints the table (or why there is none) and returns ``{"before", "after"}`` or None.
+    """
+    from fast_anerf.pose import RefinablePoses
+    from fast_anerf.pose_metrics import format_pose_table, pose_metrics
+
+    state = (ckpt.get("poses") or {}).get("poses")
+    if state is None:
+        return None
+    path = Path(str(ckpt.get("data", "")))
+    if not path.is_file():
+        print(f"pose errors: skipped, the training data {path} is not there any more")
+        return None
+    split = load_split(path)
+    n_rows = state["root"].shape[0]
+    if split.gt_kp3d is None or split.gt_kp3d.shape != split.kp3d.shape or split.kp3d.shape[0] != n_rows:
+        print(f"pose errors: skipped, {path} has no gt_kp3d for its {n_rows} poses")
+        return None
+    poses = RefinablePoses(torch.zeros(n_rows, 24, 3), torch.zeros(n_rows, 3), state["rest_pose"], state["time_ids"])
+    poses.load_state_dict(state)
+    with torch.no_grad():
+        refined = poses()[0]
+    result = {
+        "before": pose_metrics(split.kp3d, split.gt_kp3d, split.ext_scale),
+        "after": pose_metrics(refined, split.gt_kp3d, split.ext_scale),
+    }
+    print(format_pose_table(result["before"], result["after"]))
+    return result

@@ -155,3 +155,30 @@ def test_multiview_shares_joint_rotations_per_time_instant(tmp_path, tiny_data):
     assert (bones - start_bones)[:, 1:].abs().max() > 1e-3  # and the poses did move
     root_change = (rotations[:, 0] - axis_angle_to_matrix(start_bones[:, 0])).abs().amax(dim=(-1, -2))
     assert not torch.allclose(root_change[groups[0]], root_change[groups[0]][:1].expand(4))  # roots per view
+
+
+def test_eval_json_reports_the_refined_pose_errors(tmp_path, tiny_data):
+    """`fast-anerf eval --json` of a run that refined poses: the same before/after errors as training printed."""
+    import json
+
+    import fast_anerf.train as train_module
+    from fast_anerf.cli import Train, entrypoint
+
+    cfg = train_module.load_preset("demo")
+    small = replace(cfg, train=replace(cfg.train, rays_per_batch=512, images_per_batch=8, log_every=1000,
+                                       ckpt_every=1000, eval_every=0, pose_start=0, pose_lr=1e-2))  # fmt: skip
+    original = train_module.load_preset
+    train_module.load_preset = lambda name: small
+    try:
+        args = Train(data=tiny_data / "train.h5", out=tmp_path / "run", steps=10, device="cpu", backend="torch")
+        summary = train_module.Trainer(args).run()  # estimated poses: refined by default
+    finally:
+        train_module.load_preset = original
+    assert summary["poses"]["after"]["mpjpe"] != summary["poses"]["before"]["mpjpe"]
+    code = entrypoint(["eval", "--ckpt", str(tmp_path / "run" / "checkpoint.pt"), "--max-frames", "1",
+                       "--device", "cpu", "--json", str(tmp_path / "eval.json")])  # fmt: skip
+    assert code in (0, None)
+    poses = json.loads((tmp_path / "eval.json").read_text())["poses"]
+    for when in ("before", "after"):
+        for key in ("mpjpe_mm", "pa_mpjpe_mm", "abs_mpjpe_mm"):
+            assert poses[when][key] == pytest.approx(summary["poses"][when][key], rel=1e-5)
