@@ -166,7 +166,7 @@ def refined_pose_errors(ckpt: dict) -> dict | None:
     it names; prints the table (or why there is none) and returns ``{"before", "after"}`` or None.
     """
     from fast_anerf.pose import RefinablePoses
-    from fast_anerf.pose_metrics import format_pose_table, pose_metrics
+    from fast_anerf.pose_metrics import refinement_errors
 
     state = (ckpt.get("poses") or {}).get("poses")
     if state is None:
@@ -184,9 +184,4 @@ def refined_pose_errors(ckpt: dict) -> dict | None:
     poses.load_state_dict(state)
     with torch.no_grad():
         refined = poses()[0]
-    result = {
-        "before": pose_metrics(split.kp3d, split.gt_kp3d, split.ext_scale),
-        "after": pose_metrics(refined, split.gt_kp3d, split.ext_scale),
-    }
-    print(format_pose_table(result["before"], result["after"]))
-    return result
+    return refinement_errors(split, refined)

@@ -62,3 +62,21 @@ def format_pose_table(before: dict, after: dict | None = None) -> str:
         for name in SMPL_JOINT_NAMES[1:]
     ))  # fmt: skip
     return "\n".join(lines)
+
+
+def refinement_errors(split, refined_kp3d: torch.Tensor) -> dict | None:
+    """Errors of a split's estimated poses and of ``refined_kp3d [P, 24, 3]`` against its ``gt_kp3d``.
+
+    ``split``: has ``kp3d``, ``gt_kp3d`` (or None) and ``ext_scale`` (``data.split.Split``). Prints the
+    before/after table and returns ``{"before", "after"}`` (``pose_metrics`` dicts); None, printing nothing,
+    when the split has no ground truth of the same shape.
+    """
+    gt = split.gt_kp3d
+    if gt is None or gt.shape != split.kp3d.shape:
+        return None
+    result = {
+        "before": pose_metrics(split.kp3d, gt, split.ext_scale),
+        "after": pose_metrics(refined_kp3d, gt, split.ext_scale),
+    }
+    print(format_pose_table(result["before"], result["after"]))
+    return result

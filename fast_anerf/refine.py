@@ -18,7 +18,7 @@ from fast_anerf.errors import UserError
 from fast_anerf.model import load_character
 from fast_anerf.pose import PoseRefiner, RefinablePoses
 from fast_anerf.pose_io import export_refined_poses
-from fast_anerf.pose_metrics import format_pose_table, pose_metrics
+from fast_anerf.pose_metrics import refinement_errors
 from fast_anerf.renderer import RenderSettings, render_rays
 
 
@@ -78,13 +78,10 @@ def run_refine(args) -> dict:
     refined = poses.export()
     report: dict = {"checkpoint": str(args.ckpt), "data": str(args.data), "steps": args.steps,
                     "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
-    gt = split.gt_kp3d
-    if gt is not None and gt.shape == split.kp3d.shape:
-        report["before"] = pose_metrics(split.kp3d, gt, split.ext_scale)
-        report["after"] = pose_metrics(refined["kp3d"], gt, split.ext_scale)
-        print(format_pose_table(report["before"], report["after"]))
-    else:
+    errors = refinement_errors(split, refined["kp3d"])
+    if errors is None:
         print("no gt_kp3d with 24 joints in the data: pose errors not computed")
+    report.update(errors or {})
     report["refined_poses"] = str(export_refined_poses(split.path, out / "refined.h5", refined))
     write_json_atomic(out / "refine_report.json", report)
     print(f"wrote {out / 'refined.h5'} and {out / 'refine_report.json'}")

@@ -438,16 +438,12 @@ class Trainer:
         if self.refiner is None:
             return None
         from fast_anerf.pose_io import export_refined_poses
-        from fast_anerf.pose_metrics import format_pose_table, pose_metrics
+        from fast_anerf.pose_metrics import refinement_errors
 
         refined = self.refiner.poses.export()
         path = export_refined_poses(self.train_path, self.out / "refined_poses.h5", refined)
         result: dict = {"refined_poses": str(path)}
-        gt = self.split.gt_kp3d
-        if gt is not None and gt.shape == self.split.kp3d.shape:
-            result["before"] = pose_metrics(self.split.kp3d, gt, self.split.ext_scale)
-            result["after"] = pose_metrics(refined["kp3d"], gt, self.split.ext_scale)
-            print(format_pose_table(result["before"], result["after"]))
+        result.update(refinement_errors(self.split, refined["kp3d"]) or {})
         print(f"refined poses: {path}")
         return result
 
