@@ -65,8 +65,8 @@ class Character(nn.Module):
         Returns whether the grids changed.
         """
         cfg = self.config.train
-        if self.occupancy is None or not cfg.occupancy or cfg.occ_update_every <= 0 or step % cfg.occ_update_every:
-            return False
+        if self.occupancy is None or not cfg.occupancy:
+            return False  # (BoneOccupancy.update itself skips steps that are not a multiple of the interval)
         if generator is None:
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         eval_fn = density_in_poses(self.field, skts, cfg.step_size * self.height, generator)
