@@ -16,6 +16,19 @@ from fast_anerf.skeleton import axis_angle_to_matrix, pose_skeleton, rigid_inver
 REST = torch.as_tensor(builtin_rest_pose())
 
 
+def _tiny_trainer(args, **train_overrides):
+    """A ``Trainer`` for ``args`` on the demo preset with small batches, no periodic logs, checkpoints or
+    evaluations, and ``train_overrides`` (the preset is read while the trainer is built)."""
+    import fast_anerf.train as train_module
+
+    cfg = train_module.load_preset("demo")
+    small = replace(cfg, train=replace(cfg.train, rays_per_batch=512, images_per_batch=8, log_every=1000,
+                                       ckpt_every=1000, eval_every=0, **train_overrides))  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module, "load_preset", lambda name: small)
+        return train_module.Trainer(args)
+
+
 def test_photometric_gradients_reach_every_joint():
     torch.manual_seed(0)
     model = Character(RunConfig(), REST, n_frame_codes=1, backend="torch")
@@ -90,22 +103,13 @@ def test_export_keeps_true_poses_and_refinement_round_trips(tmp_path, tiny_data)
 
 def test_refinement_from_true_poses_stays_put(tmp_path, tiny_data):
     """A model trained on the true poses does not drag true poses away (within a few mm)."""
-    import fast_anerf.train as train_module
     from fast_anerf.cli import Refine, Train
     from fast_anerf.refine import run_refine
 
-    cfg = train_module.load_preset("demo")
-    small = replace(cfg, train=replace(cfg.train, rays_per_batch=512, images_per_batch=8, log_every=1000,
-                                       ckpt_every=1000, eval_every=0))  # fmt: skip
-    original = train_module.load_preset
-    train_module.load_preset = lambda name: small
-    try:
-        trainer = train_module.Trainer(Train(data=tiny_data, out=tmp_path / "run", steps=100, device="cpu",
-                                             backend="torch", gt_poses=True))  # fmt: skip
-        trainer.eval_splits = {}
-        trainer.run()
-    finally:
-        train_module.load_preset = original
+    trainer = _tiny_trainer(Train(data=tiny_data, out=tmp_path / "run", steps=100, device="cpu", backend="torch",
+                                  gt_poses=True))  # fmt: skip
+    trainer.eval_splits = {}
+    trainer.run()
     # The training frames with their true poses as the "estimate": the photometric optimum is the truth.
     import shutil
 
@@ -128,20 +132,12 @@ def test_multiview_shares_joint_rotations_per_time_instant(tmp_path, tiny_data):
     """--multiview: the views of one time instant keep one set of non-root rotations; roots stay per view."""
     import h5py
 
-    import fast_anerf.train as train_module
     from fast_anerf.cli import Train
 
-    cfg = train_module.load_preset("demo")
-    small = replace(cfg, train=replace(cfg.train, rays_per_batch=512, images_per_batch=8, log_every=1000,
-                                       ckpt_every=1000, eval_every=0, pose_start=0, pose_lr=1e-2))  # fmt: skip
-    original = train_module.load_preset
-    train_module.load_preset = lambda name: small
-    try:  # test_view.h5: 4 cameras x the same training frames, one pose row per image, grouped by kp_idxs
-        args = Train(data=tiny_data / "test_view.h5", out=tmp_path / "run", steps=12, device="cpu", backend="torch",
-                     refine_poses="on", multiview=True)  # fmt: skip
-        train_module.Trainer(args).run()
-    finally:
-        train_module.load_preset = original
+    # test_view.h5: 4 cameras x the same training frames, one pose row per image, grouped by kp_idxs
+    args = Train(data=tiny_data / "test_view.h5", out=tmp_path / "run", steps=12, device="cpu", backend="torch",
+                 refine_poses="on", multiview=True)  # fmt: skip
+    _tiny_trainer(args, pose_start=0, pose_lr=1e-2).run()
     with h5py.File(tiny_data / "test_view.h5") as data:
         kp_idxs, start_bones = data["kp_idxs"][:], torch.as_tensor(data["bones"][:])
     with h5py.File(tmp_path / "run" / "refined_poses.h5") as refined:
@@ -161,19 +157,10 @@ def test_eval_json_reports_the_refined_pose_errors(tmp_path, tiny_data):
     """`fast-anerf eval --json` of a run that refined poses: the same before/after errors as training printed."""
     import json
 
-    import fast_anerf.train as train_module
     from fast_anerf.cli import Train, entrypoint
 
-    cfg = train_module.load_preset("demo")
-    small = replace(cfg, train=replace(cfg.train, rays_per_batch=512, images_per_batch=8, log_every=1000,
-                                       ckpt_every=1000, eval_every=0, pose_start=0, pose_lr=1e-2))  # fmt: skip
-    original = train_module.load_preset
-    train_module.load_preset = lambda name: small
-    try:
-        args = Train(data=tiny_data / "train.h5", out=tmp_path / "run", steps=10, device="cpu", backend="torch")
-        summary = train_module.Trainer(args).run()  # estimated poses: refined by default
-    finally:
-        train_module.load_preset = original
+    args = Train(data=tiny_data / "train.h5", out=tmp_path / "run", steps=10, device="cpu", backend="torch")
+    summary = _tiny_trainer(args, pose_start=0, pose_lr=1e-2).run()  # estimated poses: refined by default
     assert summary["poses"]["after"]["mpjpe"] != summary["poses"]["before"]["mpjpe"]
     code = entrypoint(["eval", "--ckpt", str(tmp_path / "run" / "checkpoint.pt"), "--max-frames", "1",
                        "--device", "cpu", "--json", str(tmp_path / "eval.json")])  # fmt: skip

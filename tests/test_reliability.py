@@ -51,6 +51,16 @@ def _run(variants, fx, workdir, commands) -> list:
     return outcomes
 
 
+def _run_damaged(corpus, fx, workdir, commands, kind: str) -> set[tuple[str, str]]:
+    """Every variant of ``corpus`` through every command: all must end cleanly. Returns the (variant,
+    command) pairs that ran (exit 0) rather than failing with the one-line error."""
+    outcomes = _run(corpus, fx, workdir, commands)
+    print("\n" + fuzz.summarize(outcomes))
+    assert len(outcomes) == 5 * len(corpus)  # five commands each
+    assert all(o.clean for o in outcomes), fuzz.summarize(outcomes)
+    return {(o.variant, o.command.removeprefix(kind + " ")) for o in outcomes if o.why == "ran"}
+
+
 def test_corpus_covers_every_kind_of_damage(h5_corpus, ckpt_corpus):
     names = [v.name for v in h5_corpus + ckpt_corpus]
     assert len(names) == len(set(names))
@@ -74,23 +84,15 @@ def test_valid_inputs_run_through_every_command(fx, tmp_path):
 
 
 def test_damaged_h5_files_fail_cleanly_in_every_command(fx, h5_corpus, tmp_path):
-    outcomes = _run(h5_corpus, fx, tmp_path, fuzz.H5_COMMANDS)
-    print("\n" + fuzz.summarize(outcomes))
-    assert len(outcomes) == 5 * len(h5_corpus)
-    assert all(o.clean for o in outcomes), fuzz.summarize(outcomes)
+    ran = _run_damaged(h5_corpus, fx, tmp_path, fuzz.H5_COMMANDS, "h5")
     # Only damage a command does not read lets it run (e.g. empty masks for render and eval).
-    ran = {(o.variant, o.command.removeprefix("h5 ")) for o in outcomes if o.why == "ran"}
     assert ("masks-all-empty", "render") in ran and ("masks-all-empty", "train") not in ran
     ran_damaged = {v.name for v in h5_corpus if any((v.name, c) in ran for c in fuzz.H5_COMMANDS)}
     assert all(v.fatal is not None or v.may_pass for v in h5_corpus if v.name in ran_damaged)
 
 
 def test_damaged_checkpoints_fail_cleanly_in_every_command(fx, ckpt_corpus, tmp_path):
-    outcomes = _run(ckpt_corpus, fx, tmp_path, fuzz.CKPT_COMMANDS)
-    print("\n" + fuzz.summarize(outcomes))
-    assert len(outcomes) == 5 * len(ckpt_corpus)
-    assert all(o.clean for o in outcomes), fuzz.summarize(outcomes)
-    ran = {(o.variant, o.command.removeprefix("ckpt ")) for o in outcomes if o.why == "ran"}
+    ran = _run_damaged(ckpt_corpus, fx, tmp_path, fuzz.CKPT_COMMANDS, "ckpt")
     assert ran == {(v.name, c) for v in ckpt_corpus if v.fatal for c in fuzz.CKPT_COMMANDS if c not in v.fatal}
 
 

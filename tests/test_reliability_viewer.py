@@ -3,12 +3,11 @@ validated server-side; a bad value is rejected (or clamped, for sizes) with a me
 the viewer's state changes, and the server keeps rendering. ``test_viewer.py`` tests the ordinary values."""
 
 import sys
-import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from viewer_fakes import fake_client, wait_until
 
 from fast_anerf.cli import View
 from fast_anerf.viewer import MAX_RES, MIN_RES, ViewerInputError, c2w_to_viser, render_size
@@ -80,42 +79,16 @@ def test_sizes_are_clamped_and_garbage_is_rejected(viewer):
             state.render(home.c2w, fov, 32, 32)
 
 
-class _Camera:
-    """The part of viser's ``CameraHandle`` that the render loop reads; values as a browser may send them."""
-
-    def __init__(self, c2w, fov, aspect):
-        self.wxyz, self.position = c2w_to_viser(c2w)
-        self.fov, self.aspect = fov, aspect
-
-    def on_update(self, callback):
-        self.callback = callback
-
-
-def _wait(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_server_shows_errors_on_the_page_and_keeps_serving(viewer):
     from fast_anerf.viewer_server import ViewerApp
 
     state, home = viewer
     app = ViewerApp(state, home, port=0, resolution=32, preview_resolution=32, verbose=False)
-    sent = []
-    client = SimpleNamespace(
-        client_id=7,
-        camera=_Camera(home.c2w, home.fov_y, home.aspect),
-        gui=SimpleNamespace(add_markdown=lambda content, **_: SimpleNamespace(content=content)),
-        scene=SimpleNamespace(set_background_image=lambda image, **_: sent.append(image)),
-        add_notification=lambda *a, **k: None,
-    )
+    client, sent = fake_client(home, client_id=7)
     try:
         app._on_connect(client)
         renderer = app.renderers[7]
-        _wait(lambda: renderer.frames >= 1, 60, "the first frame")
+        wait_until(lambda: renderer.frames >= 1, 60, "the first frame")
         # Sliders and fields set to what a tampered page could send: each one is refused on the page.
         for slider, value, words in (
             (app.res, 0, "resolution"),
@@ -134,10 +107,10 @@ def test_server_shows_errors_on_the_page_and_keeps_serving(viewer):
         frames = renderer.frames
         client.camera.position = np.array([np.nan, 0.0, 0.0])
         renderer.wake()
-        _wait(lambda: "not finite" in app.last_error, 30, "the camera error")
+        wait_until(lambda: "not finite" in app.last_error, 30, "the camera error")
         client.camera.wxyz, client.camera.position = c2w_to_viser(home.c2w)
         app.frame.value = 2  # a good value clears the error and renders again
-        _wait(lambda: renderer.frames > frames and state.frame == 2, 60, "a frame after the errors")
+        wait_until(lambda: renderer.frames > frames and state.frame == 2, 60, "a frame after the errors")
         assert not app.error_box.visible
         assert sent[-1].dtype == np.uint8 and max(sent[-1].shape[:2]) == 32
     finally:

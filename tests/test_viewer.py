@@ -10,11 +10,11 @@ import time
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from viewer_fakes import fake_client, wait_until
 
 from fast_anerf.cli import View
 from fast_anerf.errors import DataError
@@ -221,38 +221,6 @@ def test_default_view_is_upright_and_shows_the_character(viewer):
 # ---------------------------------------------------------------------------------------------
 # The server: errors reach the page and the log, and never stop it
 # ---------------------------------------------------------------------------------------------
-class _FakeCamera:
-    """What ``ClientRenderer`` reads of a browser's camera (viser's ``CameraHandle``)."""
-
-    def __init__(self, c2w, fov, aspect):
-        self.wxyz, self.position = c2w_to_viser(c2w)
-        self.fov, self.aspect = fov, aspect
-
-    def on_update(self, callback):
-        self.callback = callback
-
-
-def _fake_client(home):
-    sent = []
-    client = SimpleNamespace(
-        client_id=1,
-        camera=_FakeCamera(home.c2w, home.fov_y, home.aspect),
-        gui=SimpleNamespace(add_markdown=lambda content, **_: SimpleNamespace(content=content)),
-        scene=SimpleNamespace(set_background_image=lambda image, **_: sent.append(image)),
-        add_notification=lambda *a, **k: None,
-    )
-    return client, sent
-
-
-def _wait(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def test_errors_are_shown_and_the_server_keeps_serving(viewer, caplog):
     from fast_anerf.viewer_server import ViewerApp
 
@@ -260,10 +228,10 @@ def test_errors_are_shown_and_the_server_keeps_serving(viewer, caplog):
     state.set_motion(TRAINING)
     app = ViewerApp(state, home, port=0, resolution=48, preview_resolution=32, verbose=False)
     try:
-        client, sent = _fake_client(home)
+        client, sent = fake_client(home)
         app._on_connect(client)
         renderer = app.renderers[1]
-        _wait(lambda: "resting" in renderer.status.content, 30, "the first resting frame")
+        wait_until(lambda: "resting" in renderer.status.content, 30, "the first resting frame")
         assert sent[-1].shape == (48, 48, 3) and "FPS" in renderer.status.content and "48×48" in renderer.status.content
 
         app.axes[0].value = float("nan")  # a bad value from the page
@@ -279,19 +247,19 @@ def test_errors_are_shown_and_the_server_keeps_serving(viewer, caplog):
         real_render, frames = state.render, renderer.frames
         state.render = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory"))
         app.frame.value = 3
-        _wait(lambda: "out of memory" in app.last_error, 10, "the render error")
+        wait_until(lambda: "out of memory" in app.last_error, 10, "the render error")
         assert app.error_box.visible and "rendering failed: out of memory" in app.error_box.content
         del state.render  # back to the class method: the same loop renders again
         assert state.render == real_render
         app.frame.value = 4
-        _wait(lambda: renderer.frames > frames, 30, "a frame after the error")
+        wait_until(lambda: renderer.frames > frames, 30, "a frame after the error")
         assert state.frame == 4
 
         app.motion.value = "walk"  # the motion picker resizes the frame slider
         assert state.motion == "walk" and app.frame.max == state.n_frames - 1 == 95
         app._toggle_play()
         assert app.play.label == "Pause"
-        _wait(lambda: state.frame not in (4, 5), 10, "playing to advance two frames")
+        wait_until(lambda: state.frame not in (4, 5), 10, "playing to advance two frames")
         app._toggle_play()
         assert app.play.label == "Play" and app.frame.value == state.frame
         app.motion.value = TRAINING
@@ -414,7 +382,11 @@ def test_browser_shows_the_character_and_the_frame_slider_changes_it(chromium, t
     app = ViewerApp(state, home, port=0, resolution=256, preview_resolution=64, verbose=False)
     try:
         browser.get(app.url)
-        _wait(lambda: app.renderers and "resting" in next(iter(app.renderers.values())).status.content, 60, "a frame")
+
+        def first_frame() -> bool:
+            return bool(app.renderers) and "resting" in next(iter(app.renderers.values())).status.content
+
+        wait_until(first_frame, 60, "a frame")
         renderer = next(iter(app.renderers.values()))
         client = next(iter(app.server.get_clients().values()))
 
@@ -423,7 +395,7 @@ def test_browser_shows_the_character_and_the_frame_slider_changes_it(chromium, t
         def at_home() -> bool:
             return np.abs(np.asarray(client.camera.position) - home.c2w[:3, 3]).max() < 1e-3
 
-        _wait(at_home, 20, "the browser's camera to reach the home view")
+        wait_until(at_home, 20, "the browser's camera to reach the home view")
         c2w = viser_to_c2w(client.camera.wxyz, client.camera.position)
         np.testing.assert_allclose(c2w, home.c2w, atol=1e-3)
         from fast_anerf.data.rays import project_points
@@ -442,7 +414,7 @@ def test_browser_shows_the_character_and_the_frame_slider_changes_it(chromium, t
         def character_pixels(shot):
             return int((np.abs(shot[region].astype(int) - 255).sum(-1) > 40).sum())
 
-        _wait(lambda: character_pixels(_screenshot(browser)) > 500, 20, "the character on the page")
+        wait_until(lambda: character_pixels(_screenshot(browser)) > 500, 20, "the character on the page")
         before = _screenshot(browser)
         (tmp_path / "before.png").write_bytes(browser.get_screenshot_as_png())
         text = browser.find_element(By.TAG_NAME, "body").text
@@ -455,15 +427,15 @@ def test_browser_shows_the_character_and_the_frame_slider_changes_it(chromium, t
         assert len(thumbs) == 1, [t.get_attribute("aria-valuemax") for t in sliders]
         thumbs[0].click()
         thumbs[0].send_keys(Keys.END)
-        _wait(lambda: state.frame == last, 20, "the frame slider to reach the server")
+        wait_until(lambda: state.frame == last, 20, "the frame slider to reach the server")
         frames = renderer.frames
-        _wait(lambda: renderer.frames > frames and "resting" in renderer.status.content, 60, "the new frame")
+        wait_until(lambda: renderer.frames > frames and "resting" in renderer.status.content, 60, "the new frame")
 
         def changed_pixels() -> int:
             diff = np.abs(_screenshot(browser)[region].astype(int) - before[region].astype(int)).sum(-1)
             return int((diff > 40).sum())
 
-        _wait(lambda: changed_pixels() > 200, 20, "the picture to change")
+        wait_until(lambda: changed_pixels() > 200, 20, "the picture to change")
         (tmp_path / "after.png").write_bytes(browser.get_screenshot_as_png())
     finally:
         browser.quit()
