@@ -18,7 +18,7 @@ import tyro
 
 from fast_anerf.errors import UserError
 
-Backend = Literal["auto", "torch", "tcnn"]
+Backend = Literal["auto", "torch", "cpu", "tcnn"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -42,7 +42,8 @@ class Train:
     resume: bool = False
     """Continue from OUT/checkpoint.pt (same config); the result equals an uninterrupted run."""
     backend: Backend = "auto"
-    """Encoding/MLP backend: 'tcnn' (tiny-cuda-nn, CUDA), 'torch' (everywhere) or the fastest available."""
+    """Encoding/MLP backend: 'tcnn' (tiny-cuda-nn, CUDA), 'cpu' (fused C hash-grid kernels, built with the
+    system C compiler on first use), 'torch' (plain PyTorch, everywhere) or 'auto': the fastest available."""
     device: Device = "auto"
     """Where to train: 'cuda' when available under 'auto'."""
     seed: int | None = None

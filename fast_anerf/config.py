@@ -102,7 +102,7 @@ class TrainConfig:
     log_every: int = 25
     ckpt_every: int = 250
     chunk_rays: int = 4096  # rays per chunk when rendering full images
-    backend: Literal["auto", "torch", "tcnn"] = "auto"
+    backend: Literal["auto", "torch", "cpu", "tcnn"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     # Pose refinement (A-NeRF §3): "auto" refines when the data's poses are estimates (they differ from

@@ -123,13 +123,15 @@ class FastField(nn.Module):
     def _encode(self, x_local: torch.Tensor):
         """Blend per-bone hash features of samples.
 
-        Returns ``(features [N, L*F], coverage [N], pairs (sample_idx [P], bone_idx [P]), weights [P])``,
-        where pairs are the (sample, bone) combinations with the sample inside the bone's box.
+        Returns ``(features [N, L*F], coverage [N], pairs [P], weights [P])``, where ``pairs`` are the flat
+        ``sample * 24 + bone`` ids of the (sample, bone) combinations with the sample inside the bone's box.
         """
         u = (x_local - self.box_min) / self.box_size  # [N, 24, 3] box-normalised
         inside = ((u >= 0.0) & (u <= 1.0)).all(dim=-1)  # [N, 24]
-        sample_idx, bone_idx = inside.nonzero(as_tuple=True)
-        u_pairs = u[sample_idx, bone_idx]  # [P, 3]
+        # Flat ids and index_select: 2-index gathers (u[s, b]) cost ~2x more on CPU, forward and backward.
+        pairs = inside.reshape(-1).nonzero().squeeze(1)
+        sample_idx, bone_idx = pairs // u.shape[1], pairs % u.shape[1]
+        u_pairs = u.reshape(-1, 3).index_select(0, pairs)  # [P, 3]
         weights = smooth_ramp(u_pairs, self.cfg.blend_margin).prod(dim=-1)  # [P]
         feats = self.grid(u_pairs, bone_idx)  # [P, L*F]
         n = x_local.shape[0]
@@ -137,7 +139,7 @@ class FastField(nn.Module):
         blended = torch.zeros(n, feats.shape[-1], dtype=feats.dtype, device=feats.device)
         blended = blended.index_add_(0, sample_idx, feats * weights[:, None])
         blended = blended / weight_sum.clamp_min(1e-6)[:, None]
-        return blended, weight_sum.clamp_max(1.0), (sample_idx, bone_idx), weights
+        return blended, weight_sum.clamp_max(1.0), pairs, weights
 
     def _codes(self, code_ids: torch.Tensor) -> torch.Tensor:
         table = self.frame_codes.weight
@@ -161,15 +163,15 @@ class FastField(nn.Module):
         Returns:
             ``sigma [N]`` (>= 0, per world unit) and ``rgb [N, 3]`` in [0, 1].
         """
-        feats, coverage, (sample_idx, bone_idx), weights = self._encode(x_local)
+        feats, coverage, pairs, weights = self._encode(x_local)
         h = self.density_mlp(feats)  # [N, 1 + geo]
         raw = h[:, 0]
         if density_noise_std > 0:
             raw = raw + torch.randn_like(raw) * density_noise_std
         sigma = coverage * trunc_exp(raw + self.cfg.density_bias) / self.height
         # Bone-relative view direction, blended with the same weights as the features.
-        d_pairs = d_local[sample_idx, bone_idx] * weights[:, None]
-        d_blend = torch.zeros_like(x_local[:, 0]).index_add_(0, sample_idx, d_pairs)
+        d_pairs = d_local.reshape(-1, 3).index_select(0, pairs) * weights[:, None]
+        d_blend = torch.zeros_like(x_local[:, 0]).index_add_(0, pairs // d_local.shape[1], d_pairs)
         d_blend = d_blend / d_blend.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         color_in = [h[:, 1:], spherical_harmonics(d_blend, self.cfg.sh_degree)]
         if self.cfg.framecode_dim > 0:

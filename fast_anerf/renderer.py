@@ -115,11 +115,13 @@ def render_rays(
                 o, d = origins.detach(), directions.detach()
 
                 def sigma_fn(sel: torch.Tensor) -> torch.Tensor:
-                    ray = ray_idx[sel]
-                    x = o[ray] + t_mid[sel, None, None] * d[ray]
+                    ray = ray_idx.index_select(0, sel)
+                    d_ray = d.index_select(0, ray)  # index_select: ~2x faster than d[ray] on CPU
+                    x = o.index_select(0, ray) + t_mid.index_select(0, sel)[:, None, None] * d_ray
                     if not one_pass:
                         return model.field.density(x)
-                    sigma_all[sel], rgb_all[sel] = model.field(x, d[ray] / ray_scale[ray, None, None], code_ids[ray])
+                    scale = ray_scale.index_select(0, ray)[:, None, None]
+                    sigma_all[sel], rgb_all[sel] = model.field(x, d_ray / scale, code_ids.index_select(0, ray))
                     return sigma_all[sel]
 
                 args = (t_starts, t_ends, ray_idx, n_rays, ray_scale, settings.early_stop_eps, alpha_thre)
@@ -127,10 +129,11 @@ def render_rays(
                     keep = visibility(sigma_fn(torch.arange(n_candidates, device=ray_idx.device)), *args)
                 else:  # front to back, only until each ray is opaque (same samples, far fewer densities)
                     keep, n_candidates = visibility_progressive(sigma_fn, *args, return_count=True)
-            ray_idx, t_starts, t_ends = ray_idx[keep], t_starts[keep], t_ends[keep]
+            kept_idx = keep.nonzero().squeeze(1)
+            ray_idx, t_starts, t_ends = (v.index_select(0, kept_idx) for v in (ray_idx, t_starts, t_ends))
             if one_pass:
                 # Every density evaluated came with its colour: n_samples = n_candidates.
-                kept = (sigma_all[keep], rgb_all[keep], t_starts, t_ends, ray_idx)
+                kept = (sigma_all[kept_idx], rgb_all[kept_idx], t_starts, t_ends, ray_idx)
                 return _composite(*kept, ray_scale, background, n_candidates, n_candidates)
     else:
         ray_idx, t_starts, t_ends = march_boxes(
@@ -146,9 +149,11 @@ def render_rays(
         )
         n_candidates = ray_idx.numel()
     t_mid = 0.5 * (t_starts + t_ends)
-    x_local = origins[ray_idx] + t_mid[:, None, None] * directions[ray_idx]  # [P, 24, 3]
-    d_local = directions[ray_idx] / ray_scale[ray_idx, None, None]  # unit length in every frame
-    sigma, rgb = model.field(x_local, d_local, code_ids[ray_idx], density_noise_std=settings.density_noise_std)
+    d_ray = directions.index_select(0, ray_idx)
+    x_local = origins.index_select(0, ray_idx) + t_mid[:, None, None] * d_ray  # [P, 24, 3]
+    d_local = d_ray / ray_scale.index_select(0, ray_idx)[:, None, None]  # unit length in every frame
+    codes = code_ids.index_select(0, ray_idx)
+    sigma, rgb = model.field(x_local, d_local, codes, density_noise_std=settings.density_noise_std)
     return _composite(sigma, rgb, t_starts, t_ends, ray_idx, ray_scale, background, ray_idx.numel(), n_candidates)
 
 

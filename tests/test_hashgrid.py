@@ -124,7 +124,7 @@ def test_param_counts(config, n_params):
 def test_default_layout():
     cfg = HashGridConfig()
     assert cfg.resolutions[:4] == [16, 32, 64, 128]
-    assert cfg.scales[:3] == [15.0, 31.0, 63.0]
+    assert cfg.scales[:3] == (15.0, 31.0, 63.0)
     assert cfg.dense_levels == [True] * 3 + [False] * 13
     assert cfg.tcnn_config() == {
         "otype": "HashGrid",
@@ -226,7 +226,7 @@ def test_module_interface_and_errors():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
 def test_tcnn_backend_unavailable_is_a_user_error():
-    assert resolve_backend("auto", "cpu") == "torch"
+    assert resolve_backend("auto", "cpu") in ("torch", "cpu")  # cpu: the C kernels (test_hashgrid_cpu.py)
     with pytest.raises(UserError, match="tinycudann is unavailable.*--backend torch.*install tinycudann"):
         MultiBoneHashGrid(2, SMALL, backend="tcnn")
     with pytest.raises(UserError, match="unknown backend"):

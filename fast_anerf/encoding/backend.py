@@ -1,9 +1,11 @@
-"""Choose between the pure-PyTorch encodings and tiny-cuda-nn.
+"""Choose between the pure-PyTorch encodings, the fused CPU hash-grid kernels and tiny-cuda-nn.
 
 tinycudann is optional: it is not on the package registry and needs CUDA. On a CPU-only machine
 ``import tinycudann`` raises ``OSError`` ("Unknown compute capability"), not ``ImportError``, so the
-guard catches both. ``"auto"`` picks tcnn when it is importable and the tensors live on CUDA, otherwise
-torch; an explicit ``"tcnn"`` that cannot run is a ``UserError``, never a silent fallback.
+guard catches both. ``"cpu"`` is the hash grid's fused C kernels (``hashgrid_cpu.py``, built with the system C
+compiler on first use; the MLPs stay plain PyTorch). ``"auto"`` picks tcnn when it is importable and the
+tensors live on CUDA, the C kernels for CPU tensors when they build, otherwise torch; an explicit ``"tcnn"`` or
+``"cpu"`` that cannot run is a ``UserError``, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from typing import Literal
 
 import torch
 
+from fast_anerf.encoding.hashgrid_cpu import cpu_kernels_available, load_kernels
 from fast_anerf.errors import UserError
 
-Backend = Literal["auto", "torch", "tcnn"]
-BACKENDS: tuple[str, ...] = ("auto", "torch", "tcnn")
+Backend = Literal["auto", "torch", "cpu", "tcnn"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "cpu", "tcnn")
 
 
 @functools.cache
@@ -42,15 +45,15 @@ def tcnn_available() -> bool:
 
 
 def resolve_backend(requested: str, device: torch.device | str | None = None) -> str:
-    """Resolve a backend request to the one that will actually run: ``"torch"`` or ``"tcnn"``.
+    """Resolve a backend request to the one that will actually run: ``"torch"``, ``"cpu"`` or ``"tcnn"``.
 
     Args:
-        requested: ``"auto"`` (tcnn when importable and ``device`` is CUDA, else torch), ``"torch"``
-            or ``"tcnn"``.
+        requested: ``"auto"`` (tcnn when importable and ``device`` is CUDA; on a CPU device the C kernels
+            when they build; else torch), ``"torch"``, ``"cpu"`` or ``"tcnn"``.
         device: where the module's tensors will live; None means "CUDA if available".
 
     Raises:
-        UserError: an unknown name, or ``"tcnn"`` when tinycudann cannot run here (one line, with the fix).
+        UserError: an unknown name, or ``"tcnn"``/``"cpu"`` when it cannot run here (one line, with the fix).
     """
     if requested not in BACKENDS:
         raise UserError(f"unknown backend {requested!r}: expected one of {', '.join(BACKENDS)}")
@@ -60,8 +63,18 @@ def resolve_backend(requested: str, device: torch.device | str | None = None) ->
         device = "cuda" if torch.cuda.is_available() else "cpu"
     on_cuda = torch.device(device).type == "cuda"
     if requested == "auto":
-        # Only try the (slow, noisy) import when it could be used at all.
-        return "tcnn" if on_cuda and tcnn_available() else "torch"
+        # Only try the (slow, noisy) import or the build when it could be used at all.
+        if on_cuda:
+            return "tcnn" if tcnn_available() else "torch"
+        return "cpu" if cpu_kernels_available() else "torch"
+    if requested == "cpu":
+        _, why = load_kernels()
+        if why:
+            raise UserError(f"backend 'cpu' was requested but its C kernels are unavailable: {why}; "
+                            "pass --backend torch (or auto)")  # fmt: skip
+        if on_cuda:
+            raise UserError("backend 'cpu' runs on the CPU but the device is CUDA: pass --backend auto or tcnn")
+        return "cpu"
     mod, why = _import_tcnn()
     if mod is None:
         raise UserError(

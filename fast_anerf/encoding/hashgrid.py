@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from fast_anerf.encoding.backend import resolve_backend, tcnn_module
+from fast_anerf.encoding.hashgrid_cpu import hashgrid_cpu
 
 PRIMES = (1, 2654435761, 805459861)  # tcnn CoherentPrime for dims 0..2 (§A4)
 MAX_DENSE_RES = 1625  # tcnn MAX_BASES[3]: above it the dense stride is 0xFFFFFFFF (always hashed)
@@ -79,8 +80,8 @@ class HashGridConfig:
         if self.base_resolution < 1 or not self.per_level_scale >= 1.0:
             raise ValueError("base_resolution must be >= 1 and per_level_scale >= 1.0")
 
-    @property
-    def scales(self) -> list[float]:
+    @functools.cached_property  # every encode call reads the layout: compute it once (frozen: safe)
+    def scales(self) -> tuple[float, ...]:
         """Per-level ``scale_l`` as float32 values (cells per unit minus nothing: x*scale+0.5 = pos)."""
         pls32 = float(torch.tensor(self.per_level_scale, dtype=torch.float32))
         log2s = float(torch.tensor(math.log2(pls32), dtype=torch.float32))  # std::log2 on a float
@@ -90,7 +91,7 @@ class HashGridConfig:
             e = float(torch.tensor(2.0**expo, dtype=torch.float32))  # exp2f, correctly rounded
             # e*base - 1 is exact in float64, so one rounding to float32 = the device's fused fma.
             out.append(float(torch.tensor(e * self.base_resolution - 1.0, dtype=torch.float32)))
-        return out
+        return tuple(out)
 
     @property
     def resolutions(self) -> list[int]:
@@ -379,8 +380,8 @@ class MultiBoneHashGrid(nn.Module):
     Args:
         n_bones: number of independent grids (one per bone).
         config: the shared grid layout.
-        backend: ``"auto"`` (tcnn on CUDA when importable, else torch), ``"torch"`` or ``"tcnn"``
-            (raises ``UserError`` when tinycudann cannot run).
+        backend: ``"auto"`` (tcnn on CUDA when importable, the fused C kernels on the CPU when they build,
+            else torch), ``"torch"``, ``"cpu"`` or ``"tcnn"`` (``UserError`` when the one asked for cannot run).
         init_scale: params start ``U(-init_scale, init_scale)`` (tcnn uses 1e-4).
         inplace_grad: torch backend only. When ``params.grad`` already exists (train with
             ``optimizer.zero_grad(set_to_none=False)``), backward adds into it instead of allocating a fresh
@@ -394,7 +395,7 @@ class MultiBoneHashGrid(nn.Module):
         self,
         n_bones: int,
         config: HashGridConfig,
-        backend: Literal["auto", "torch", "tcnn"] = "auto",
+        backend: Literal["auto", "torch", "cpu", "tcnn"] = "auto",
         init_scale: float = 1e-4,
         inplace_grad: bool = False,
     ) -> None:
@@ -411,7 +412,7 @@ class MultiBoneHashGrid(nn.Module):
 
     @property
     def backend_name(self) -> str:
-        """The backend that runs for the params' current device: ``"torch"`` or ``"tcnn"``."""
+        """The backend that runs for the params' current device: ``"torch"``, ``"cpu"`` or ``"tcnn"``."""
         return resolve_backend(self.backend, self.params.device)
 
     def forward(self, x: Tensor, bone_ids: Tensor) -> Tensor:
@@ -432,8 +433,11 @@ class MultiBoneHashGrid(nn.Module):
         lo, hi = int(bone_ids.min()), int(bone_ids.max())
         if lo < 0 or hi >= self.n_bones:
             raise ValueError(f"bone_ids must be in [0, {self.n_bones}), got [{lo}, {hi}]")
-        if self.backend_name == "tcnn":
+        backend = self.backend_name
+        if backend == "tcnn":
             return self._forward_tcnn(x, bone_ids)
+        if backend == "cpu":
+            return hashgrid_cpu(x, bone_ids, self.params, self.config, inplace_grad=self.inplace_grad)
         return hashgrid_torch(x, bone_ids, self.params, self.config, inplace_grad=self.inplace_grad)
 
     def _forward_tcnn(self, x: Tensor, bone_ids: Tensor) -> Tensor:

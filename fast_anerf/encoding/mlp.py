@@ -109,8 +109,9 @@ class TcnnMLP(nn.Module):
 
     @property
     def backend_name(self) -> str:
-        """The backend that runs for the params' current device: ``"torch"`` or ``"tcnn"``."""
-        return resolve_backend(self.backend, self.params.device)
+        """The backend that runs for the params' current device: ``"torch"`` or ``"tcnn"`` (the ``"cpu"``
+        backend has kernels for the hash grid only; its MLPs are the torch ones)."""
+        return "tcnn" if resolve_backend(self.backend, self.params.device) == "tcnn" else "torch"
 
     def network_config(self) -> dict:
         """The tcnn network JSON; FullyFusedMLP where tcnn supports it (tcnn itself falls back to

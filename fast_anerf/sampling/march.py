@@ -173,23 +173,29 @@ def _occupied_torch(t_in, t_out, hit, origins, directions, occupancy, anchor, dt
     range of candidates, found from ``t_in``/``t_out`` (widened by one, then tested exactly as nerfacc does,
     ``t_in <= mid <= t_out`` and ``mid < far``), so the work is proportional to the (candidate, box) pairs.
     """
-    n_rays = t_in.shape[0]
+    n_rays, n_bones = t_in.shape
     device = t_in.device
-    r, j = hit.nonzero(as_tuple=True)  # [H] box hits
-    a, step = anchor[r], dt[r]
-    k_lo = (torch.ceil((t_in[r, j] - a) / step - 0.5) - 1).clamp(0, n_cand - 1).long()
-    k_hi = (torch.floor((t_out[r, j] - a) / step - 0.5) + 1).clamp(-1, n_cand - 1).long()
+    # Flat (ray * n_bones + bone) ids and index_select throughout: 2-index and boolean-mask indexing cost
+    # 2-10x more on CPU (this function took 11 ms per 2048-ray training batch, 6.5 ms now).
+    hit_id = hit.reshape(-1).nonzero().squeeze(1)  # [H] box hits
+    r = hit_id // n_bones
+    t_lo, t_hi = t_in.reshape(-1).index_select(0, hit_id), t_out.reshape(-1).index_select(0, hit_id)
+    a, step = anchor.index_select(0, r), dt.index_select(0, r)
+    k_lo = (torch.ceil((t_lo - a) / step - 0.5) - 1).clamp(0, n_cand - 1).long()
+    k_hi = (torch.floor((t_hi - a) / step - 0.5) + 1).clamp(-1, n_cand - 1).long()
     counts = (k_hi - k_lo + 1).clamp_min(0)
     pair = torch.repeat_interleave(torch.arange(r.numel(), device=device), counts)  # [T] (candidate, box)
-    k = k_lo[pair] + torch.arange(pair.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[pair]
-    r, j = r[pair], j[pair]
-    mid = anchor[r] + (k.to(anchor.dtype) + 0.5) * dt[r]  # the same expression as the dense t-grid
-    inside = (mid >= t_in[r, j]) & (mid <= t_out[r, j]) & (mid < far[r])
-    r, j, k, mid = r[inside], j[inside], k[inside], mid[inside]
-    x = origins[r, j] + mid[:, None] * directions[r, j]  # [T, 3] bone-local midpoints
-    occupied = occupancy.occupied(j, x)
+    k = k_lo.index_select(0, pair) + torch.arange(pair.numel(), device=device)
+    k -= (torch.cumsum(counts, 0) - counts).index_select(0, pair)
+    r, hit_id = r.index_select(0, pair), hit_id.index_select(0, pair)
+    mid = anchor.index_select(0, r) + (k.to(anchor.dtype) + 0.5) * dt.index_select(0, r)  # as the dense t-grid
+    inside = (mid >= t_lo.index_select(0, pair)) & (mid <= t_hi.index_select(0, pair)) & (mid < far.index_select(0, r))
+    sel = inside.nonzero().squeeze(1)
+    r, k, mid, hit_id = (v.index_select(0, sel) for v in (r, k, mid, hit_id))
+    o, d = origins.reshape(-1, 3).index_select(0, hit_id), directions.reshape(-1, 3).index_select(0, hit_id)
+    occupied = occupancy.occupied(hit_id % n_bones, o + mid[:, None] * d)  # bone-local midpoints [T, 3]
     keep = torch.zeros(n_rays * n_cand, dtype=torch.bool, device=device)
-    keep[(r * n_cand + k)[occupied]] = True  # a candidate survives if any containing bone marks it occupied
+    keep[(r * n_cand + k).masked_select(occupied)] = True  # kept if any bone containing it marks it occupied
     return keep.view(n_rays, n_cand).nonzero(as_tuple=True)  # row-major: sorted by ray, then t
 
 

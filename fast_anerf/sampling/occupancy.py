@@ -89,7 +89,7 @@ class BoneOccupancy(nn.Module):
     def cell_ids(self, bone_idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Flat cell index ``bone * R^3 + x*R*R + y*R + z`` of points ``x [P, 3]`` (local to ``bone_idx [P]``)."""
         r = self.resolution
-        u = (x - self.box_min[bone_idx]) / self.box_size[bone_idx]
+        u = (x - self.box_min.index_select(0, bone_idx)) / self.box_size.index_select(0, bone_idx)
         c = (u * r).floor().long().clamp(0, r - 1)
         return bone_idx * r**3 + (c[:, 0] * r + c[:, 1]) * r + c[:, 2]
 
@@ -98,7 +98,7 @@ class BoneOccupancy(nn.Module):
 
         Points outside the box are clamped to the nearest cell; callers test box membership themselves.
         """
-        return self.binaries.reshape(-1)[self.cell_ids(bone_idx, x)]
+        return self.binaries.reshape(-1).index_select(0, self.cell_ids(bone_idx, x))
 
     def cell_points(self, flat_ids: torch.Tensor, jitter: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Bone index ``[N]`` and bone-local point ``[N, 3]`` at ``jitter [N, 3]`` (in [0, 1)) inside each cell."""
@@ -183,17 +183,25 @@ def density_in_poses(
         chunk: points per ``field.density`` call (bounds memory: ~400 floats per point).
     """
     skts = skts.detach()
+    n_joints = skts.shape[1]
+    # [F, 24*3, 4]: each frame's 24 top rows [R | t], gathered per point with one index_select (a 2-index
+    # skts[frames, b] gather of whole 4x4s plus einsum copies cost ~3x more on CPU).
+    rows = skts[..., :3, :].reshape(skts.shape[0], n_joints * 3, 4).contiguous()
 
     def eval_fn(bone_idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         frames = torch.randint(0, skts.shape[0], (x.shape[0],), generator=generator).to(skts.device)
         out = []
         for start in range(0, x.shape[0], chunk):
             sl = slice(start, start + chunk)
-            b, p, pose = bone_idx[sl], x[sl], skts[frames[sl]]  # pose [n, 24, 4, 4]
-            own = pose[torch.arange(p.shape[0], device=p.device), b]  # [n, 4, 4] world -> bone b
-            world = torch.einsum("nba,nb->na", own[:, :3, :3], p - own[:, :3, 3])  # R^T (x - t)
-            x_local = torch.einsum("njab,nb->nja", pose[..., :3, :3], world) + pose[..., :3, 3]
-            x_local[torch.arange(p.shape[0], device=p.device), b] = p
+            b, p, f = bone_idx[sl], x[sl], frames[sl]
+            n = p.shape[0]
+            own = rows.view(-1, 3, 4).index_select(0, f * n_joints + b)  # [n, 3, 4] world -> bone b
+            world = ((p - own[:, :, 3])[:, :, None] * own[:, :, :3]).sum(dim=1)  # R^T (x - t)
+            m = rows.index_select(0, f)  # [n, 24*3, 4]
+            x_local = (m[..., :3] * world[:, None, :]).sum(dim=-1) + m[..., 3]  # [n, 24*3]
+            x_local = x_local.view(n, n_joints, 3)
+            own_slot = torch.arange(n, device=p.device) * n_joints + b
+            x_local.view(-1, 3).index_copy_(0, own_slot, p)  # its own bone's slot exactly
             out.append(field.density(x_local) * step_world)
         return torch.cat(out) if out else x.new_zeros(0)
 
