@@ -1,6 +1,7 @@
 """Field throughput: points per second, forward + backward, fast field vs the original A-NeRF field.
 
-Both fields get the same points: samples of real training rays of the built-in character (bone-local
+Both fields get the same points (and the fast field runs on the plain-PyTorch backend too when another
+one, such as the ``cpu`` kernels, is the default): samples of real training rays of the built-in character (bone-local
 positions and directions, as the renderer makes them). Prints a table and writes JSON naming the device.
 
     python scripts/bench_field.py [--points 65536] [--device cpu|cuda] [--out bench_field.json]
@@ -19,6 +20,7 @@ from fast_anerf.bone_boxes import ray_box_intervals
 from fast_anerf.config import RunConfig, load_preset
 from fast_anerf.data.split import RayPool, load_split
 from fast_anerf.data.synthetic import default_data_dir, generate_dataset
+from fast_anerf.encoding.backend import resolve_backend
 from fast_anerf.model import Character
 from fast_anerf.renderer import rays_to_bones
 from fast_anerf.sampling.march import march_boxes
@@ -83,9 +85,12 @@ def main() -> None:
     anerf_cfg = load_preset("anerf")
     x, d, codes, split = sample_points(fast_cfg, args.points, device)
     rows = []
-    for name, cfg in (("fast", fast_cfg), ("anerf", anerf_cfg)):
+    runs = [("fast", fast_cfg, args.backend), ("anerf", anerf_cfg, "torch")]
+    if resolve_backend(args.backend, device) != "torch":  # the plain-PyTorch twin too, side by side
+        runs.insert(1, ("fast", fast_cfg, "torch"))
+    for name, cfg, backend in runs:
         torch.manual_seed(0)
-        model = Character(cfg, split.rest_pose, split.n_images, backend=args.backend if name == "fast" else "torch")
+        model = Character(cfg, split.rest_pose, split.n_images, backend=backend)
         model.to(device)
         seconds = time_field(model, x, d, codes, args.repeats)
         rows.append(
@@ -97,13 +102,16 @@ def main() -> None:
                 "backend": getattr(model.field, "backend_name", "torch"),
             }
         )
-    ratio = rows[0]["points_per_s"] / rows[1]["points_per_s"]
+    ratio = rows[0]["points_per_s"] / rows[-1]["points_per_s"]
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device: {device} ({device_name}), threads {torch.get_num_threads()}, points {args.points}")
     print(f"{'field':<6} {'params':>12} {'ms fwd+bwd':>11} {'points/s':>12} backend")
     for r in rows:
         print(f"{r['field']:<6} {r['params']:>12,} {r['ms']:>11.1f} {r['points_per_s']:>12,.0f} {r['backend']}")
-    print(f"fast / anerf points per second: {ratio:.1f}x")
+    print(f"fast ({rows[0]['backend']}) / anerf points per second: {ratio:.1f}x")
+    if len(rows) == 3:
+        twin = rows[0]["points_per_s"] / rows[1]["points_per_s"]
+        print(f"fast {rows[0]['backend']} / fast torch backend: {twin:.2f}x")
     result = {
         "device": str(device),
         "device_name": device_name,

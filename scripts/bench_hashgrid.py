@@ -1,4 +1,4 @@
-"""Benchmark the torch multi-bone hash grid: ms/iteration of forward + backward, and the Adam step.
+"""Benchmark the multi-bone hash grid (torch twin, fused C kernels): ms/iteration of forward + backward, Adam.
 
 Variants (all compute the same function, tests/test_hashgrid.py checks it):
   naive          plain autograd through gathers (``hashgrid_naive``)
@@ -7,6 +7,7 @@ Variants (all compute the same function, tests/test_hashgrid.py checks it):
   custom+x       custom, also d/dx (pose refinement)
   custom-inplace custom with ``inplace_grad``: adds into an existing ``.grad`` (zeroed each step)
   custom-inplace-recomp  the same, corners recomputed in backward
+  cpu, cpu+x, cpu-inplace  the same through the fused C kernels (``hashgrid_cpu``), when they build
 Then one ``torch.optim.Adam`` step on the full ``[n_bones, n_params]`` table for each implementation.
 
     python scripts/bench_hashgrid.py --n-points 65536 --out bench_hashgrid.json
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from fast_anerf.encoding.hashgrid import HashGridConfig, hashgrid_naive, hashgrid_torch
+from fast_anerf.encoding.hashgrid_cpu import cpu_kernels_available, hashgrid_cpu
 
 
 def device_name(device: torch.device) -> str:
@@ -59,6 +61,12 @@ def main() -> None:
     ap.add_argument("--n-points", type=int, default=65536)
     ap.add_argument("--n-bones", type=int, default=24)
     ap.add_argument("--log2-hashmap-size", type=int, default=19)
+    ap.add_argument(
+        "--preset",
+        choices=["default", "demo"],
+        default="default",
+        help="default: L16 F2 base 16 x2 (tcnn's); demo: configs/demo.toml's grid (L8 T14 base 4 x1.5)",
+    )
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-naive", action="store_true", help="the naive variant needs ~3x more memory")
@@ -70,7 +78,10 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
 
-    cfg = HashGridConfig(log2_hashmap_size=args.log2_hashmap_size)
+    if args.preset == "demo":
+        cfg = HashGridConfig(n_levels=8, log2_hashmap_size=14, base_resolution=4, per_level_scale=1.5)
+    else:
+        cfg = HashGridConfig(log2_hashmap_size=args.log2_hashmap_size)
     params = torch.nn.Parameter(torch.empty(args.n_bones, cfg.n_params, device=device).uniform_(-1e-4, 1e-4))
     x = torch.rand(args.n_points, 3, device=device)
     bone_ids = torch.randint(0, args.n_bones, (args.n_points,), device=device)
@@ -87,6 +98,10 @@ def main() -> None:
         "custom-recomp": lambda: step(lambda xi: hashgrid_torch(xi, bone_ids, params, cfg, save_corners=False), x),
         "custom+x": lambda: step(lambda xi: hashgrid_torch(xi, bone_ids, params, cfg), x_req),
     }
+    kernels = device.type == "cpu" and cpu_kernels_available()
+    if kernels:
+        variants["cpu"] = lambda: step(lambda xi: hashgrid_cpu(xi, bone_ids, params, cfg), x)
+        variants["cpu+x"] = lambda: step(lambda xi: hashgrid_cpu(xi, bone_ids, params, cfg), x_req)
     if args.skip_naive:
         del variants["naive"]
     results: dict = {
@@ -102,6 +117,9 @@ def main() -> None:
         results["ms"]["custom forward only"] = timeit(
             lambda: hashgrid_torch(x, bone_ids, params, cfg), args.iters, device
         )
+        if kernels:
+            forward_cpu = lambda: hashgrid_cpu(x, bone_ids, params, cfg)  # noqa: E731
+            results["ms"]["cpu forward only"] = timeit(forward_cpu, args.iters, device)
     for name, fn in variants.items():
         results["ms"][name] = timeit(fn, args.iters, device)
 
@@ -113,6 +131,13 @@ def main() -> None:
     params.grad = torch.zeros_like(params)
     results["ms"]["custom-inplace (incl. zero_)"] = timeit(lambda: inplace_step(True), args.iters, device)
     results["ms"]["custom-inplace-recomp"] = timeit(lambda: inplace_step(False), args.iters, device)
+    if kernels:
+
+        def cpu_inplace_step():
+            params.grad.zero_()
+            hashgrid_cpu(x, bone_ids, params, cfg, inplace_grad=True).backward(grad_out)
+
+        results["ms"]["cpu-inplace (incl. zero_)"] = timeit(cpu_inplace_step, args.iters, device)
 
     if not args.skip_adam:
         params.grad = torch.randn_like(params) * 1e-3
@@ -127,7 +152,11 @@ def main() -> None:
         results["ms"]["alloc dense grad"] = timeit(lambda: torch.zeros_like(params).fill_(0), 3, device)
 
     print(f"device: {results['device']}, torch {results['torch']}")
-    print(f"{args.n_points} points, {args.n_bones} bones x {cfg.n_params:,} params (L16 F2 T{cfg.log2_hashmap_size})")
+    c = cfg
+    print(
+        f"{args.n_points} points, {args.n_bones} bones x {c.n_params:,} params "
+        f"(L{c.n_levels} F{c.n_features_per_level} T{c.log2_hashmap_size} base {c.base_resolution})"
+    )
     print(f"{'variant':<32}{'ms/iter':>10}")
     for name, ms in results["ms"].items():
         print(f"{name:<32}{ms:>10.1f}")

@@ -1,8 +1,11 @@
 """The ``cpu`` hash-grid backend: fused C kernels (``hashgrid_cpu.c``) built with the system C compiler.
 
 The plain-PyTorch twin (``hashgrid.hashgrid_torch``) evaluates a level as ~36 tensor ops over ``[8, N]``
-temporaries; the C loop keeps one point's 8 corners in registers. Measured with ``scripts/bench_hashgrid.py``
-(this 2-core CPU): see the README's figures. Same parameter layout and arithmetic (tcnn's, specs §A), so
+temporaries; the C loop keeps one point's 8 corners in registers. ``scripts/bench_hashgrid.py --preset demo``
+(65k points, 24 bones, the demo grid; 2-core AMD EPYC, 2 threads, one run): forward 17.9 vs 41.0 ms,
+forward+backward into an existing ``.grad`` 27.9 vs 77.0 ms; the whole fast field (``bench_field.py``) 2.0x.
+The kernel is scalar C (no SIMD): a division per corner and libm's ``floorf`` once cost 2x; both are gone.
+Same parameter layout and arithmetic (tcnn's, specs §A), so
 checkpoints move between the ``torch``, ``cpu`` and ``tcnn`` backends; tests compare outputs and gradients
 with the twin on random inputs.
 
