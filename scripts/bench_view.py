@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="square render sizes (pixels)")
     parser.add_argument("--frames", type=int, default=5, help="timed frames per size (after one warm-up frame)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "tcnn"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "cpu", "tcnn"])
     parser.add_argument("--out", type=Path, default=Path("bench_view.json"))
     args = parser.parse_args()
 
