@@ -123,8 +123,9 @@ class FastField(nn.Module):
     def _encode(self, x_local: torch.Tensor):
         """Blend per-bone hash features of samples.
 
-        Returns ``(features [N, L*F], coverage [N], pairs [P], weights [P])``, where ``pairs`` are the flat
-        ``sample * 24 + bone`` ids of the (sample, bone) combinations with the sample inside the bone's box.
+        Returns ``(features [N, L*F], coverage [N], (pairs [P], sample_idx [P]), weights [P])``, where ``pairs``
+        are the flat ``sample * 24 + bone`` ids of the (sample, bone) combinations with the sample inside the
+        bone's box and ``sample_idx`` their sample.
         """
         u = (x_local - self.box_min) / self.box_size  # [N, 24, 3] box-normalised
         inside = ((u >= 0.0) & (u <= 1.0)).all(dim=-1)  # [N, 24]
@@ -139,7 +140,7 @@ class FastField(nn.Module):
         blended = torch.zeros(n, feats.shape[-1], dtype=feats.dtype, device=feats.device)
         blended = blended.index_add_(0, sample_idx, feats * weights[:, None])
         blended = blended / weight_sum.clamp_min(1e-6)[:, None]
-        return blended, weight_sum.clamp_max(1.0), pairs, weights
+        return blended, weight_sum.clamp_max(1.0), (pairs, sample_idx), weights
 
     def _codes(self, code_ids: torch.Tensor) -> torch.Tensor:
         table = self.frame_codes.weight
@@ -163,7 +164,7 @@ class FastField(nn.Module):
         Returns:
             ``sigma [N]`` (>= 0, per world unit) and ``rgb [N, 3]`` in [0, 1].
         """
-        feats, coverage, pairs, weights = self._encode(x_local)
+        feats, coverage, (pairs, sample_idx), weights = self._encode(x_local)
         h = self.density_mlp(feats)  # [N, 1 + geo]
         raw = h[:, 0]
         if density_noise_std > 0:
@@ -171,7 +172,7 @@ class FastField(nn.Module):
         sigma = coverage * trunc_exp(raw + self.cfg.density_bias) / self.height
         # Bone-relative view direction, blended with the same weights as the features.
         d_pairs = d_local.reshape(-1, 3).index_select(0, pairs) * weights[:, None]
-        d_blend = torch.zeros_like(x_local[:, 0]).index_add_(0, pairs // d_local.shape[1], d_pairs)
+        d_blend = torch.zeros_like(x_local[:, 0]).index_add_(0, sample_idx, d_pairs)
         d_blend = d_blend / d_blend.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         color_in = [h[:, 1:], spherical_harmonics(d_blend, self.cfg.sh_degree)]
         if self.cfg.framecode_dim > 0:

@@ -24,7 +24,7 @@ from fast_anerf.renderer import RenderSettings, render_rays
 
 def run_refine(args) -> dict:
     """Refine the poses of ``args.data`` against the frozen model of ``args.ckpt``; see the module docstring."""
-    from fast_anerf.train import photometric_loss, pick_device, write_json_atomic
+    from fast_anerf.train import all_finite, photometric_loss, pick_device, write_json_atomic
 
     out = Path(args.out)
     if (out / "refined.h5").exists() and not args.overwrite:
@@ -58,7 +58,7 @@ def run_refine(args) -> dict:
         photo = photometric_loss(rendered["rgb"], batch["rgb"], model.config.train.loss)
         loss = photo + reg
         loss.backward()
-        grads_finite = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in poses.parameters())
+        grads_finite = all_finite([p.grad for p in poses.parameters() if p.grad is not None])
         if not (bool(torch.isfinite(loss)) and grads_finite):  # skip: one bad batch must not corrupt the poses
             refiner.optimizer.zero_grad(set_to_none=True)
             bad_steps += 1
