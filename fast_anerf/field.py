@@ -33,6 +33,7 @@ from torch import nn
 
 from fast_anerf.config import FastFieldConfig
 from fast_anerf.encoding.hashgrid import MultiBoneHashGrid
+from fast_anerf.encoding.hashgrid_cpu import blend_encode_cpu
 from fast_anerf.encoding.mlp import TcnnMLP
 from fast_anerf.encoding.spherical_harmonics import spherical_harmonics
 
@@ -67,6 +68,7 @@ class FastField(nn.Module):
     """Per-bone hash-grid radiance field of an articulated body. See the module docstring."""
 
     field_type = "fast"
+    fuse_no_grad = True  # without gradients on the cpu backend, encode with one fused C call (tests turn it off)
 
     def __init__(
         self,
@@ -120,27 +122,38 @@ class FastField(nn.Module):
     def update_schedule(self, step: int) -> None:
         """Nothing is scheduled in this field (kept for the shared field interface)."""
 
-    def _encode(self, x_local: torch.Tensor):
-        """Blend per-bone hash features of samples.
+    def _encode(self, x_local: torch.Tensor, d_local: torch.Tensor | None = None):
+        """Blend per-bone hash features (and, with ``d_local``, ray directions) of samples.
 
-        Returns ``(features [N, L*F], coverage [N], (pairs [P], sample_idx [P]), weights [P])``, where ``pairs``
-        are the flat ``sample * 24 + bone`` ids of the (sample, bone) combinations with the sample inside the
-        bone's box and ``sample_idx`` their sample.
+        Returns ``(features [N, L*F], coverage [N], d_blend [N, 3] or None)``: the weighted mean of the hash
+        features of the bones whose box holds the sample, ``min(sum of weights, 1)``, and the weighted
+        direction normalised to unit length. Without gradients on the ``cpu`` backend one fused C call does it
+        all (``hashgrid_cpu.blend_encode_cpu``, equal results; 3-4x fewer passes over ``[N, 24, 3]`` tensors,
+        which dominate the small batches of the visibility pass, occupancy updates and rendering).
         """
-        u = (x_local - self.box_min) / self.box_size  # [N, 24, 3] box-normalised
-        inside = ((u >= 0.0) & (u <= 1.0)).all(dim=-1)  # [N, 24]
-        # Flat ids and index_select: 2-index gathers (u[s, b]) cost ~2x more on CPU, forward and backward.
-        pairs = inside.reshape(-1).nonzero().squeeze(1)
-        sample_idx, bone_idx = pairs // u.shape[1], pairs % u.shape[1]
-        u_pairs = u.reshape(-1, 3).index_select(0, pairs)  # [P, 3]
-        weights = smooth_ramp(u_pairs, self.cfg.blend_margin).prod(dim=-1)  # [P]
-        feats = self.grid(u_pairs, bone_idx)  # [P, L*F]
-        n = x_local.shape[0]
-        weight_sum = torch.zeros(n, dtype=u.dtype, device=u.device).index_add_(0, sample_idx, weights)
-        blended = torch.zeros(n, feats.shape[-1], dtype=feats.dtype, device=feats.device)
-        blended = blended.index_add_(0, sample_idx, feats * weights[:, None])
-        blended = blended / weight_sum.clamp_min(1e-6)[:, None]
-        return blended, weight_sum.clamp_max(1.0), (pairs, sample_idx), weights
+        if self.fuse_no_grad and not torch.is_grad_enabled() and self.grid.backend_name == "cpu":
+            args = (self.box_min, self.box_size, self.cfg.blend_margin, self.grid.params, self.grid.config)
+            blended, weight_sum, d_sum = blend_encode_cpu(x_local, d_local, *args)
+        else:
+            u = (x_local - self.box_min) / self.box_size  # [N, 24, 3] box-normalised
+            inside = ((u >= 0.0) & (u <= 1.0)).all(dim=-1)  # [N, 24]
+            # Flat ids and index_select: 2-index gathers (u[s, b]) cost ~2x more on CPU, forward and backward.
+            pairs = inside.reshape(-1).nonzero().squeeze(1)  # flat sample * 24 + bone of samples inside boxes
+            sample_idx, bone_idx = pairs // u.shape[1], pairs % u.shape[1]
+            u_pairs = u.reshape(-1, 3).index_select(0, pairs)  # [P, 3]
+            weights = smooth_ramp(u_pairs, self.cfg.blend_margin).prod(dim=-1)  # [P]
+            feats = self.grid(u_pairs, bone_idx)  # [P, L*F]
+            n = x_local.shape[0]
+            weight_sum = torch.zeros(n, dtype=u.dtype, device=u.device).index_add_(0, sample_idx, weights)
+            blended = torch.zeros(n, feats.shape[-1], dtype=feats.dtype, device=feats.device)
+            blended = blended.index_add_(0, sample_idx, feats * weights[:, None])
+            blended = blended / weight_sum.clamp_min(1e-6)[:, None]
+            d_sum = None
+            if d_local is not None:  # bone-relative view direction, blended with the same weights
+                d_pairs = d_local.reshape(-1, 3).index_select(0, pairs) * weights[:, None]
+                d_sum = torch.zeros_like(x_local[:, 0]).index_add_(0, sample_idx, d_pairs)
+        d_blend = d_sum / d_sum.norm(dim=-1, keepdim=True).clamp_min(1e-6) if d_sum is not None else None
+        return blended, weight_sum.clamp_max(1.0), d_blend
 
     def _codes(self, code_ids: torch.Tensor) -> torch.Tensor:
         table = self.frame_codes.weight
@@ -164,16 +177,12 @@ class FastField(nn.Module):
         Returns:
             ``sigma [N]`` (>= 0, per world unit) and ``rgb [N, 3]`` in [0, 1].
         """
-        feats, coverage, (pairs, sample_idx), weights = self._encode(x_local)
+        feats, coverage, d_blend = self._encode(x_local, d_local)
         h = self.density_mlp(feats)  # [N, 1 + geo]
         raw = h[:, 0]
         if density_noise_std > 0:
             raw = raw + torch.randn_like(raw) * density_noise_std
         sigma = coverage * trunc_exp(raw + self.cfg.density_bias) / self.height
-        # Bone-relative view direction, blended with the same weights as the features.
-        d_pairs = d_local.reshape(-1, 3).index_select(0, pairs) * weights[:, None]
-        d_blend = torch.zeros_like(x_local[:, 0]).index_add_(0, sample_idx, d_pairs)
-        d_blend = d_blend / d_blend.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         color_in = [h[:, 1:], spherical_harmonics(d_blend, self.cfg.sh_degree)]
         if self.cfg.framecode_dim > 0:
             color_in.append(self._codes(code_ids))
@@ -182,5 +191,5 @@ class FastField(nn.Module):
 
     def density(self, x_local: torch.Tensor) -> torch.Tensor:
         """``sigma [N]`` of samples ``x_local [N, 24, 3]`` (no colour branch; meshes, occupancy grids)."""
-        feats, coverage, _, _ = self._encode(x_local)
+        feats, coverage, _ = self._encode(x_local)
         return coverage * trunc_exp(self.density_mlp(feats)[:, 0] + self.cfg.density_bias) / self.height

@@ -90,3 +90,44 @@ def test_without_a_compiler_auto_falls_back_and_explicit_cpu_is_a_user_error(tmp
     assert lines[0] == "torch"
     assert lines[1].startswith("ERR backend 'cpu' was requested but its C kernels are unavailable")
     assert "no-such-compiler-xyz" in lines[1] and "--backend torch" in lines[1]
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_no_grad_encoding_equals_the_fields_torch_path(threads, monkeypatch):
+    """``blend_encode_cpu`` (no-grad encoding of the fast field) gives the PyTorch path's numbers exactly."""
+    from fast_anerf.config import RunConfig
+    from fast_anerf.data.synthetic import builtin_rest_pose
+    from fast_anerf.model import Character
+    from fast_anerf.skeleton import pose_skeleton
+
+    monkeypatch.setattr("fast_anerf.encoding.hashgrid_cpu.MIN_SAMPLES_PER_THREAD", 64)  # several chunks
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        rest = torch.as_tensor(builtin_rest_pose())
+        field = Character(RunConfig(), rest, n_frame_codes=3, backend="cpu").field
+        assert field.backend_name == "cpu"
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            field.grid.params.uniform_(-1, 1, generator=g)
+        kp3d, skts = pose_skeleton(rest, torch.randn(24, 3, generator=g) * 0.3, rest[0])
+        x = torch.randn(3000, 3, generator=g) * 0.25 + kp3d[0]
+        x_local = torch.einsum("jab,nb->nja", skts[:, :3, :3], x) + skts[:, :3, 3]
+        x_local[:50, 3] = field.box_min[3]  # on a box face: weight 0 but inside
+        d = torch.nn.functional.normalize(torch.randn(3000, 3, generator=g), dim=-1)
+        d_local = torch.einsum("jab,nb->nja", skts[:, :3, :3], d)
+        codes = torch.randint(-1, 3, (3000,), generator=g)
+        with torch.no_grad():
+            fused = (field._encode(x_local, d_local), field(x_local, d_local, codes), field.density(x_local))
+            field.fuse_no_grad = False
+            plain = (field._encode(x_local, d_local), field(x_local, d_local, codes), field.density(x_local))
+        inside = fused[0][1] > 0
+        assert 0.2 < float(inside.float().mean()) < 0.95  # samples inside and outside the boxes
+        for got, want in zip([*fused[0], *fused[1], fused[2]], [*plain[0], *plain[1], plain[2]], strict=True):
+            assert torch.equal(got, want)
+        empty = field._encode(x_local[:0], d_local[:0])
+        assert [tuple(t.shape) for t in empty] == [(0, field.grid.n_output_dims), (0,), (0, 3)]
+    finally:
+        torch.set_num_threads(previous)

@@ -1,13 +1,15 @@
-"""Occupancy marching: the packed torch path against brute-force dense sampling, and nerfacc's path (CUDA)."""
+"""Occupancy marching: the packed torch path against brute-force dense sampling, the C loop (CPU) and nerfacc's
+path (CUDA) against the torch path."""
 
 import pytest
 import torch
 
 from fast_anerf.bone_boxes import bone_boxes, ray_box_intervals
+from fast_anerf.ckernels import load_library
 from fast_anerf.config import FastFieldConfig
 from fast_anerf.data.synthetic import builtin_rest_pose
 from fast_anerf.renderer import rays_to_bones
-from fast_anerf.sampling.march import march_boxes, march_occupied, ray_span
+from fast_anerf.sampling.march import _MARCH_SIGNATURE, MARCH_SOURCE, march_boxes, march_occupied, ray_span
 from fast_anerf.sampling.occupancy import BoneOccupancy
 from fast_anerf.sampling.volrend import visibility, visibility_progressive
 from fast_anerf.skeleton import pose_skeleton
@@ -90,6 +92,41 @@ def test_empty_grid_gives_no_samples():
     occ, skts, rays_o, rays_d = _scene(occupied=0.0)
     (ray_idx, t_starts, _), _ = _march(occ, skts, rays_o, rays_d, 0.02)
     assert ray_idx.numel() == 0 and t_starts.numel() == 0
+
+
+needs_march_kernel = pytest.mark.skipif(
+    load_library(MARCH_SOURCE, _MARCH_SIGNATURE)[0] is None,
+    reason=f"march kernel unavailable: {load_library(MARCH_SOURCE, _MARCH_SIGNATURE)[1]}",
+)
+
+
+@needs_march_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("stratified", [False, True])
+def test_cpu_marching_equals_torch_marching(stratified, threads, monkeypatch):
+    """The C loop keeps exactly the twin's candidates (float32, the training dtype), with 1 or 2 threads."""
+    monkeypatch.setattr("fast_anerf.sampling.march.MIN_RAYS_PER_THREAD", 16)  # several ray ranges per call
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for seed, occupied in ((0, 0.4), (1, 0.05), (2, 0.9)):
+            occ, skts, rays_o, rays_d = _scene(occupied=occupied, n_rays=500, seed=seed, dtype=torch.float32)
+            outs = {}
+            for backend in ("torch", "cpu"):
+                gen = torch.Generator().manual_seed(seed)
+                outs[backend], _ = _march(occ, skts, rays_o, rays_d, 0.01, backend=backend, stratified=stratified,
+                                          generator=gen)  # fmt: skip
+            assert outs["torch"][0].numel() > 300
+            for ref, got in zip(outs["torch"], outs["cpu"], strict=True):
+                assert torch.equal(ref, got)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_cpu_marching_refuses_what_it_cannot_run():
+    occ, skts, rays_o, rays_d = _scene(n_rays=4)  # float64
+    with pytest.raises(ValueError, match="backend 'cpu' cannot run here .*use backend 'torch'"):
+        _march(occ, skts, rays_o, rays_d, 0.02, backend="cpu")
 
 
 def test_nerfacc_backend_refuses_cpu_tensors():

@@ -89,6 +89,28 @@ def test_density_in_poses_places_points_in_every_bone_frame():
     assert (got > 0).float().mean() > 0.9
 
 
+def test_density_in_poses_uses_one_random_training_pose_per_point():
+    """Several frames: each point's value is its density in one of them, and every frame is used."""
+    model = _model()
+    rest = torch.as_tensor(builtin_rest_pose())
+    gen = torch.Generator().manual_seed(1)
+    skts = torch.stack([pose_skeleton(rest, torch.randn(24, 3, generator=gen) * 0.4, rest[0])[1] for _ in range(3)])
+    eval_fn = density_in_poses(model.field, skts, 0.02, torch.Generator().manual_seed(5), chunk=700)
+    bone, x = model.occupancy.cell_points(torch.randperm(24 * 8**3)[:2000], torch.rand(2000, 3))
+    got = eval_fn(bone, x)
+    per_frame = []
+    for frame_skts in skts:
+        world = torch.einsum("nab,nb->na", torch.linalg.inv(frame_skts)[bone], torch.cat([x, torch.ones(2000, 1)], -1))
+        x_local = torch.einsum("jab,nb->nja", frame_skts, world)[..., :3]
+        per_frame.append(model.field.density(x_local) * 0.02)
+    per_frame = torch.stack(per_frame)  # [3, 2000]
+    error = (per_frame - got).abs() - 1e-4 * per_frame.abs()  # assert_close's test: <= atol 1e-6
+    assert bool((error.min(dim=0).values <= 1e-6).all())  # every value is the density in one of the poses
+    which = error.argmin(dim=0)
+    distinct = (per_frame.max(0).values - per_frame.min(0).values) > 1e-3 * per_frame.max(0).values  # pose matters
+    assert distinct.sum() > 100 and which[distinct].bincount(minlength=3).min() > 20  # all three poses used
+
+
 def test_grids_travel_in_checkpoints_and_old_checkpoints_load_all_occupied(tmp_path):
     model = _model()
     model.occupancy.binaries[3, 1] = False

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from fast_anerf.ckernels import thread_pool
 from fast_anerf.encoding.backend import resolve_backend, tcnn_module
 from fast_anerf.encoding.hashgrid_cpu import hashgrid_cpu
 
@@ -246,24 +245,6 @@ def _interp(w: Tensor, vals: Tensor) -> Tensor:
     return out
 
 
-_POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}  # per (pid, threads): forked children get new ones
-
-
-def _scatter_pool() -> ThreadPoolExecutor | None:
-    """Threads for the per-level gradient scatters (None with a single torch thread)."""
-    n = torch.get_num_threads()
-    if n < 2:
-        return None
-    key = (os.getpid(), n)
-    if key not in _POOL:
-        # Every worker flushes denormals like the trainer's main thread (the flag is per thread): otherwise a
-        # level's scatter rounds differently depending on which worker runs it, and runs stop being repeatable.
-        _POOL[key] = ThreadPoolExecutor(
-            max_workers=n, thread_name_prefix="hashgrid", initializer=torch.set_flush_denormal, initargs=(True,)
-        )
-    return _POOL[key]
-
-
 class _HashGridFunction(torch.autograd.Function):
     """Torch hash grid with a hand-written backward (params by ``index_add_``, x analytically).
 
@@ -311,7 +292,7 @@ class _HashGridFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_xs = torch.zeros(3, len(order), dtype=torch.float32, device=grad_out.device)
         pending = []  # CPU index_add_ is single-threaded; levels own disjoint table ranges -> run in parallel
-        pool = _scatter_pool() if grad_out.device.type == "cpu" else None
+        pool = thread_pool() if grad_out.device.type == "cpu" else None
         for lvl, level in enumerate(_levels(config)):
             if ctx.save_corners:
                 idx, w, frac = saved[3 * lvl : 3 * lvl + 3]

@@ -17,6 +17,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 typedef struct {
     int64_t idx[8]; /* flat entry index into the all-bones table */
@@ -57,18 +58,30 @@ static inline void corners(const float *x, int64_t base, double scale, const uin
 }
 
 /* out [n, L * F]: features of points [start, stop). */
+#ifndef BLOCK
+#define BLOCK 32 /* points whose corners are found (and their table lines prefetched) before any is read */
+#endif
+#ifndef PF_LOC
+#define PF_LOC 1
+#endif
 void hg_forward(int64_t start, int64_t stop, const float *x, const int64_t *base, const float *table, int F,
                 int L, const double *scale, const uint32_t *mult, const int32_t *dense, const uint32_t *size,
                 const int64_t *offset, float *out) {
-    Corners c;
+    Corners c[BLOCK];
     for (int l = 0; l < L; ++l) { /* level-major: one level's table at a time stays in cache */
-        for (int64_t i = start; i < stop; ++i) {
-            corners(x + 3 * i, base[i], scale[l], mult + 3 * l, dense[l], size[l], offset[l], &c);
-            float *o = out + (i * L + l) * F;
-            for (int f = 0; f < F; ++f) {
-                float acc = c.w[0] * table[c.idx[0] * F + f];
-                for (int k = 1; k < 8; ++k) acc += c.w[k] * table[c.idx[k] * F + f];
-                o[f] = acc;
+        for (int64_t i0 = start; i0 < stop; i0 += BLOCK) {
+            const int m = (int)(stop - i0 < BLOCK ? stop - i0 : BLOCK);
+            for (int j = 0; j < m; ++j) {
+                corners(x + 3 * (i0 + j), base[i0 + j], scale[l], mult + 3 * l, dense[l], size[l], offset[l], &c[j]);
+                for (int k = 0; k < 8; ++k) __builtin_prefetch(table + c[j].idx[k] * F, 0, PF_LOC);
+            }
+            for (int j = 0; j < m; ++j) {
+                float *o = out + ((i0 + j) * L + l) * F;
+                for (int f = 0; f < F; ++f) {
+                    float acc = c[j].w[0] * table[c[j].idx[0] * F + f];
+                    for (int k = 1; k < 8; ++k) acc += c[j].w[k] * table[c[j].idx[k] * F + f];
+                    o[f] = acc;
+                }
             }
         }
     }
@@ -78,13 +91,19 @@ void hg_forward(int64_t start, int64_t stop, const float *x, const int64_t *base
 void hg_backward_table(int64_t n, int l_start, int l_stop, const float *x, const int64_t *base,
                        const float *grad_out, int F, int L, const double *scale, const uint32_t *mult,
                        const int32_t *dense, const uint32_t *size, const int64_t *offset, float *grad_table) {
-    Corners c;
+    Corners c[BLOCK];
     for (int l = l_start; l < l_stop; ++l)
-        for (int64_t i = 0; i < n; ++i) {
-            corners(x + 3 * i, base[i], scale[l], mult + 3 * l, dense[l], size[l], offset[l], &c);
-            const float *g = grad_out + (i * L + l) * F;
-            for (int k = 0; k < 8; ++k)
-                for (int f = 0; f < F; ++f) grad_table[c.idx[k] * F + f] += c.w[k] * g[f];
+        for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
+            const int m = (int)(n - i0 < BLOCK ? n - i0 : BLOCK);
+            for (int j = 0; j < m; ++j) {
+                corners(x + 3 * (i0 + j), base[i0 + j], scale[l], mult + 3 * l, dense[l], size[l], offset[l], &c[j]);
+                for (int k = 0; k < 8; ++k) __builtin_prefetch(grad_table + c[j].idx[k] * F, 1, PF_LOC);
+            }
+            for (int j = 0; j < m; ++j) { /* in point order, as before: the same float sums */
+                const float *g = grad_out + ((i0 + j) * L + l) * F;
+                for (int k = 0; k < 8; ++k)
+                    for (int f = 0; f < F; ++f) grad_table[c[j].idx[k] * F + f] += c[j].w[k] * g[f];
+            }
         }
 }
 
@@ -92,27 +111,123 @@ void hg_backward_table(int64_t n, int l_start, int l_stop, const float *x, const
 void hg_backward_x(int64_t start, int64_t stop, const float *x, const int64_t *base, const float *table,
                    const float *grad_out, int F, int L, const double *scale, const uint32_t *mult,
                    const int32_t *dense, const uint32_t *size, const int64_t *offset, float *grad_x) {
-    Corners c;
-    for (int64_t i = start; i < stop; ++i) {
-        float gx[3] = {0.0f, 0.0f, 0.0f};
-        for (int l = 0; l < L; ++l) {
-            corners(x + 3 * i, base[i], scale[l], mult + 3 * l, dense[l], size[l], offset[l], &c);
-            const float *g = grad_out + (i * L + l) * F;
-            float vg[8];
-            for (int k = 0; k < 8; ++k) {
-                float s = 0.0f;
-                for (int f = 0; f < F; ++f) s += table[c.idx[k] * F + f] * g[f];
-                vg[k] = s;
-            }
-            float d[3] = {0.0f, 0.0f, 0.0f};
-            for (int b1 = 0; b1 < 2; ++b1)
-                for (int b2 = 0; b2 < 2; ++b2) {
-                    d[0] += (vg[4 + 2 * b1 + b2] - vg[2 * b1 + b2]) * (c.wx[1][b1] * c.wx[2][b2]);
-                    d[1] += (vg[4 * b1 + 2 + b2] - vg[4 * b1 + b2]) * (c.wx[0][b1] * c.wx[2][b2]);
-                    d[2] += (vg[4 * b1 + 2 * b2 + 1] - vg[4 * b1 + 2 * b2]) * (c.wx[0][b1] * c.wx[1][b2]);
-                }
-            for (int e = 0; e < 3; ++e) gx[e] += (float)scale[l] * d[e];
-        }
-        for (int e = 0; e < 3; ++e) grad_x[3 * i + e] = gx[e];
+    Corners c[BLOCK];
+    for (int64_t i = start; i < stop; ++i) { /* zeroed here, accumulated level by level below */
+        for (int e = 0; e < 3; ++e) grad_x[3 * i + e] = 0.0f;
     }
+    for (int l = 0; l < L; ++l)
+        for (int64_t i0 = start; i0 < stop; i0 += BLOCK) {
+            const int m = (int)(stop - i0 < BLOCK ? stop - i0 : BLOCK);
+            for (int j = 0; j < m; ++j) {
+                corners(x + 3 * (i0 + j), base[i0 + j], scale[l], mult + 3 * l, dense[l], size[l], offset[l], &c[j]);
+                for (int k = 0; k < 8; ++k) __builtin_prefetch(table + c[j].idx[k] * F, 0, PF_LOC);
+            }
+            for (int j = 0; j < m; ++j) {
+                const Corners *cj = &c[j];
+                const float *g = grad_out + ((i0 + j) * L + l) * F;
+                float vg[8];
+                for (int k = 0; k < 8; ++k) {
+                    float s = 0.0f;
+                    for (int f = 0; f < F; ++f) s += table[cj->idx[k] * F + f] * g[f];
+                    vg[k] = s;
+                }
+                float d[3] = {0.0f, 0.0f, 0.0f};
+                for (int b1 = 0; b1 < 2; ++b1)
+                    for (int b2 = 0; b2 < 2; ++b2) {
+                        d[0] += (vg[4 + 2 * b1 + b2] - vg[2 * b1 + b2]) * (cj->wx[1][b1] * cj->wx[2][b2]);
+                        d[1] += (vg[4 * b1 + 2 + b2] - vg[4 * b1 + b2]) * (cj->wx[0][b1] * cj->wx[2][b2]);
+                        d[2] += (vg[4 * b1 + 2 * b2 + 1] - vg[4 * b1 + 2 * b2]) * (cj->wx[0][b1] * cj->wx[1][b2]);
+                    }
+                float *gx = grad_x + 3 * (i0 + j);
+                for (int e = 0; e < 3; ++e) gx[e] += (float)scale[l] * d[e];
+            }
+        }
+}
+
+/* The fast field's no-gradient encoding of samples [start, stop), fused (field.py's ``_encode`` without autograd):
+ * for each sample i and bone b (ascending) whose box holds it, u = (x[i,b] - box_min[b]) / box_size[b] in [0,1]^3,
+ * w = r(u0) * r(u1) * r(u2) with r the smoothstep ramp over the outer ``margin`` of the box; then
+ *   wsum[i] = sum_b w,  feats[i] = (sum_b w * grid_b(u)) / max(wsum, 1e-6),  dblend[i] = sum_b w * d[i,b]
+ * (dblend only when d is not NULL). Sums run over bones in ascending order, starting from 0, each term rounded
+ * as w * value first: exactly the PyTorch path's index_add_ over (sample, bone) pairs, so the results are equal.
+ * Pairs are gathered per block of samples, then encoded level by level with the table lines prefetched.
+ * x, d: [n, J, 3] float32; box_min, box_size: [J, 3]; feats [n, L*F], wsum [n], dblend [n, 3]: written here;
+ * *status = 1 when the pair buffers could not be allocated (nothing useful written), else 0. */
+#define BLEND_SAMPLES 128
+void hg_blend_forward(int64_t start, int64_t stop, int J, const float *x, const float *d, const float *box_min,
+                      const float *box_size, float margin, const float *table, int64_t n_entries, int F, int L,
+                      const double *scale, const uint32_t *mult, const int32_t *dense, const uint32_t *size,
+                      const int64_t *offset, float *feats, float *wsum, float *dblend, int *status) {
+    const int64_t max_pairs = (int64_t)BLEND_SAMPLES * J;
+    float(*pu)[3] = malloc(sizeof(float[3]) * max_pairs); /* the block's pairs: box coordinates, weight, */
+    float *pw = malloc(sizeof(float) * max_pairs);         /* sample and table offset of their bone */
+    int64_t *psample = malloc(sizeof(int64_t) * max_pairs), *pbase = malloc(sizeof(int64_t) * max_pairs);
+    if (!pu || !pw || !psample || !pbase) {
+        free(pu), free(pw), free(psample), free(pbase);
+        *status = 1;
+        return;
+    }
+    const int W = L * F;
+    Corners c[BLOCK];
+    for (int64_t s0 = start; s0 < stop; s0 += BLEND_SAMPLES) {
+        const int64_t s1 = stop - s0 < BLEND_SAMPLES ? stop : s0 + BLEND_SAMPLES;
+        int64_t np = 0;
+        for (int64_t i = s0; i < s1; ++i) { /* pairs of this block, sample-major, bones ascending */
+            float ws = 0.0f, db[3] = {0.0f, 0.0f, 0.0f};
+            for (int b = 0; b < J; ++b) {
+                const float *xb = x + (i * J + b) * 3;
+                float u[3], w = 1.0f;
+                int in = 1;
+                for (int e = 0; e < 3; ++e) {
+                    u[e] = (xb[e] - box_min[3 * b + e]) / box_size[3 * b + e];
+                    in &= (u[e] >= 0.0f) & (u[e] <= 1.0f);
+                }
+                if (!in) continue;
+                for (int e = 0; e < 3; ++e) {
+                    float m = u[e] < 1.0f - u[e] ? u[e] : 1.0f - u[e];
+                    float s = m / margin;
+                    s = s < 0.0f ? 0.0f : (s > 1.0f ? 1.0f : s);
+                    const float r = s * s * (3.0f - 2.0f * s);
+                    w = e == 0 ? r : w * r;
+                }
+                ws += w;
+                if (d) {
+                    const float *dbv = d + (i * J + b) * 3;
+                    for (int e = 0; e < 3; ++e) db[e] += dbv[e] * w;
+                }
+                for (int e = 0; e < 3; ++e) pu[np][e] = u[e];
+                pw[np] = w;
+                psample[np] = i;
+                pbase[np] = (int64_t)b * n_entries;
+                ++np;
+            }
+            wsum[i] = ws;
+            if (dblend)
+                for (int e = 0; e < 3; ++e) dblend[3 * i + e] = db[e];
+            for (int k = 0; k < W; ++k) feats[i * W + k] = 0.0f;
+        }
+        for (int l = 0; l < L; ++l)
+            for (int64_t p0 = 0; p0 < np; p0 += BLOCK) {
+                const int m = (int)(np - p0 < BLOCK ? np - p0 : BLOCK);
+                for (int j = 0; j < m; ++j) {
+                    corners(pu[p0 + j], pbase[p0 + j], scale[l], mult + 3 * l, dense[l], size[l], offset[l], &c[j]);
+                    for (int k = 0; k < 8; ++k) __builtin_prefetch(table + c[j].idx[k] * F, 0, PF_LOC);
+                }
+                for (int j = 0; j < m; ++j) {
+                    const float w = pw[p0 + j];
+                    float *o = feats + psample[p0 + j] * W + l * F;
+                    for (int f = 0; f < F; ++f) {
+                        float acc = c[j].w[0] * table[c[j].idx[0] * F + f];
+                        for (int k = 1; k < 8; ++k) acc += c[j].w[k] * table[c[j].idx[k] * F + f];
+                        o[f] += acc * w;
+                    }
+                }
+            }
+        for (int64_t i = s0; i < s1; ++i) {
+            const float den = wsum[i] > 1e-6f ? wsum[i] : 1e-6f;
+            for (int k = 0; k < W; ++k) feats[i * W + k] /= den;
+        }
+    }
+    free(pu), free(pw), free(psample), free(pbase);
+    *status = 0;
 }

@@ -9,74 +9,40 @@ Same parameter layout and arithmetic (tcnn's, specs §A), so
 checkpoints move between the ``torch``, ``cpu`` and ``tcnn`` backends; tests compare outputs and gradients
 with the twin on random inputs.
 
-Build: on first use, ``$CC`` (default ``cc``) compiles the source to a shared library cached under
-``$FAST_ANERF_CACHE/kernels`` (default ``~/.cache/fast_anerf/kernels``), named by a hash of the source and
-flags, written atomically (concurrent first uses are safe). ~0.3 s. No compiler, or a failed build: the backend
-is unavailable and ``auto`` uses ``torch`` (the model's description line names the backend that runs); an
-explicit ``--backend cpu`` is a one-line error saying why.
-Calls go through ``ctypes`` (which releases the GIL), split across the threads of ``torch.get_num_threads()``.
+Built and loaded by ``ckernels.load_library`` (system C compiler on first use, cached; no compiler: the
+backend is unavailable and ``auto`` uses ``torch``, the model's description line names the backend that
+runs; an explicit ``--backend cpu`` is a one-line error saying why). Calls are split across the threads of
+``torch.get_num_threads()``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from fast_anerf.ckernels import FLOAT, I64, INT, PTR, load_library, run_calls, split_range
+
 SOURCE = Path(__file__).with_name("hashgrid_cpu.c")
-FLAGS = ["-O3", "-shared", "-fPIC", "-std=c99"]
 MIN_POINTS_PER_THREAD = 4096  # below this, one call: thread hand-off costs more than it saves
 
-_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-_LEVEL_ARGS = [_INT, _INT, _P, _P, _P, _P, _P]  # F, L, scale, mult, dense, size, offset
-_SIGNATURES = {
-    "hg_forward": [_I64, _I64, _P, _P, _P, *_LEVEL_ARGS, _P],
-    "hg_backward_table": [_I64, _INT, _INT, _P, _P, _P, *_LEVEL_ARGS, _P],
-    "hg_backward_x": [_I64, _I64, _P, _P, _P, _P, *_LEVEL_ARGS, _P],
-}
+_LEVEL_ARGS = (INT, INT, PTR, PTR, PTR, PTR, PTR)  # F, L, scale, mult, dense, size, offset
+_SIGNATURES = (
+    ("hg_forward", (I64, I64, PTR, PTR, PTR, *_LEVEL_ARGS, PTR)),
+    ("hg_backward_table", (I64, INT, INT, PTR, PTR, PTR, *_LEVEL_ARGS, PTR)),
+    ("hg_backward_x", (I64, I64, PTR, PTR, PTR, PTR, *_LEVEL_ARGS, PTR)),
+    ("hg_blend_forward", (I64, I64, INT, PTR, PTR, PTR, PTR, FLOAT, PTR, I64, *_LEVEL_ARGS, PTR, PTR, PTR, PTR)),
+)
+MIN_SAMPLES_PER_THREAD = 1024  # blend_encode_cpu: each sample is ~2-4 (sample, bone) pairs
+MAX_BONES = 64
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("FAST_ANERF_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "fast_anerf") / "kernels"
-
-
-@functools.cache
-def load_kernels() -> tuple[ctypes.CDLL | None, str]:
-    """Build (once per source version) and load the kernels; returns (library or None, why it is unavailable)."""
-    compiler = os.environ.get("CC", "cc")
-    if shutil.which(compiler) is None:
-        return None, f"no C compiler ({compiler!r} not found; set CC or install gcc)"
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS, sys.platform]).encode()).hexdigest()
-    target = _cache_dir() / f"hashgrid_cpu_{digest[:16]}.so"
-    try:
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-                built = Path(tmp) / target.name
-                cmd = [compiler, *FLAGS, "-o", str(built), str(SOURCE), "-lm"]
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-                if done.returncode != 0:
-                    first = (done.stderr.strip().splitlines() or ["no output"])[0]
-                    return None, f"building {SOURCE.name} failed ({first})"
-                os.replace(built, target)  # atomic: a concurrent build just replaces it with the same bytes
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as err:
-        return None, f"building or loading {SOURCE.name} failed ({type(err).__name__}: {err})"
-    for name, argtypes in _SIGNATURES.items():
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, None
-    return lib, ""
+def load_kernels():
+    """The hash-grid kernels: ``(library or None, why it is unavailable)`` (built once, then cached)."""
+    return load_library(SOURCE, _SIGNATURES)
 
 
 def cpu_kernels_available() -> bool:
@@ -102,25 +68,8 @@ def _level_args(config) -> list:
     return [config.n_features_per_level, config.n_levels, *(a.data_ptr() for a in arrays)]
 
 
-def _split(total: int, parts: int) -> list[tuple[int, int]]:
-    bounds = [total * k // parts for k in range(parts + 1)]
-    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-
-
-def _run(calls: list) -> None:
-    """Run ``(fn, args)`` calls on the hash grid's thread pool (the last one on this thread)."""
-    from fast_anerf.encoding.hashgrid import _scatter_pool
-
-    pool = _scatter_pool() if len(calls) > 1 else None
-    futures = [pool.submit(fn, *args) for fn, args in calls[:-1]] if pool else []
-    for fn, args in calls if pool is None else calls[-1:]:
-        fn(*args)
-    for fut in futures:
-        fut.result()
-
-
 def _point_chunks(n: int) -> list[tuple[int, int]]:
-    return _split(n, max(1, min(torch.get_num_threads(), n // MIN_POINTS_PER_THREAD)))
+    return split_range(n, max(1, min(torch.get_num_threads(), n // MIN_POINTS_PER_THREAD)))
 
 
 class _HashGridCpuFunction(torch.autograd.Function):
@@ -137,7 +86,7 @@ class _HashGridCpuFunction(torch.autograd.Function):
         out_s = torch.empty(n, width, dtype=torch.float32)
         lv = _level_args(config)
         ptrs = (xs.data_ptr(), base.data_ptr(), table.data_ptr())
-        _run([(lib.hg_forward, (a, b, *ptrs, *lv, out_s.data_ptr())) for a, b in _point_chunks(n)])
+        run_calls([(lib.hg_forward, (a, b, *ptrs, *lv, out_s.data_ptr())) for a, b in _point_chunks(n)])
         out = torch.empty_like(out_s)
         out[order] = out_s
         ctx.config, ctx.inplace_grad, ctx.params_ref = config, inplace_grad, params
@@ -159,7 +108,7 @@ class _HashGridCpuFunction(torch.autograd.Function):
             else:
                 target = grad_params = torch.zeros_like(params, dtype=torch.float32)
             threads = max(1, min(torch.get_num_threads(), config.n_levels, n // MIN_POINTS_PER_THREAD))
-            for a, b in _split(config.n_levels, threads):  # levels own disjoint entries: no write races
+            for a, b in split_range(config.n_levels, threads):  # levels own disjoint entries: no write races
                 args = (n, a, b, xs.data_ptr(), base.data_ptr(), g.data_ptr(), *lv, target.data_ptr())
                 calls.append((lib.hg_backward_table, args))
         if ctx.needs_input_grad[0]:
@@ -168,7 +117,7 @@ class _HashGridCpuFunction(torch.autograd.Function):
             ptrs = (xs.data_ptr(), base.data_ptr(), table.data_ptr(), g.data_ptr())
             calls += [(lib.hg_backward_x, (a, b, *ptrs, *lv, grad_xs.data_ptr())) for a, b in _point_chunks(n)]
         if calls:
-            _run(calls)
+            run_calls(calls)
         if ctx.needs_input_grad[0]:
             grad_x = torch.empty_like(grad_xs)
             grad_x[order] = grad_xs
@@ -179,3 +128,50 @@ def hashgrid_cpu(x: Tensor, bone_ids: Tensor, params: Tensor, config, inplace_gr
     """``hashgrid_torch`` through the fused C kernels: ``x [N, 3]`` float32 on the CPU, ``bone_ids [N]``,
     ``params [B, n_params]`` -> ``[N, L*F]``. Needs ``cpu_kernels_available()``."""
     return _HashGridCpuFunction.apply(x, bone_ids, params, config, inplace_grad)
+
+
+def blend_encode_cpu(
+    x_local: Tensor, d_local: Tensor | None, box_min: Tensor, box_size: Tensor, margin: float, params: Tensor, config
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The fast field's encoding without gradients, fused in C (``hg_blend_forward``); equal to its PyTorch path.
+
+    For every sample and every bone whose box holds it: box coordinates, the smoothstep edge weight and the
+    bone's hash features; blended as ``field.FastField._encode`` does (same float operations in the same order).
+
+    Args:
+        x_local: ``[N, J, 3]`` samples in every bone frame; ``d_local``: ``[N, J, 3]`` ray directions or None.
+        box_min, box_size: ``[J, 3]`` the bones' boxes; ``margin``: the weight ramp's width (fraction of a box).
+        params: ``[J, n_params]`` hash tables; ``config``: their ``HashGridConfig``.
+
+    Returns:
+        ``features [N, L*F]`` (weighted mean over the bones), ``weight_sum [N]``, ``d_blend [N, 3]`` (weighted
+        sum of directions, not normalised) or None without ``d_local``.
+    """
+    lib = load_kernels()[0]
+    n, n_bones = x_local.shape[:2]
+    if n_bones > MAX_BONES:
+        raise ValueError(f"blend_encode_cpu: at most {MAX_BONES} bones, got {n_bones}")
+    x = x_local.detach().to(torch.float32).contiguous()
+    d = d_local.detach().to(torch.float32).contiguous() if d_local is not None else None
+    boxes = [box_min.detach().float().contiguous(), box_size.detach().float().contiguous()]
+    table = params.detach().contiguous()
+    feats = torch.empty(n, config.n_output_dims, dtype=torch.float32)
+    weight_sum = torch.empty(n, dtype=torch.float32)
+    d_blend = torch.empty(n, 3, dtype=torch.float32) if d is not None else None
+    chunks = split_range(n, max(1, min(torch.get_num_threads(), n // MIN_SAMPLES_PER_THREAD)))
+    status = torch.zeros(max(len(chunks), 1), dtype=torch.int32)
+    head = (x.data_ptr(), d.data_ptr() if d is not None else None, *(b.data_ptr() for b in boxes), float(margin))
+    tail = (feats.data_ptr(), weight_sum.data_ptr(), d_blend.data_ptr() if d_blend is not None else None)
+    lv = _level_args(config)
+    calls = [
+        (
+            lib.hg_blend_forward,
+            (a, b, n_bones, *head, table.data_ptr(), config.n_entries, *lv, *tail, status[k:].data_ptr()),
+        )  # fmt: skip
+        for k, (a, b) in enumerate(chunks)
+    ]
+    if calls:
+        run_calls(calls)
+    if bool(status.any()):
+        raise MemoryError("blend_encode_cpu: the C kernel could not allocate its pair buffers")
+    return feats, weight_sum, d_blend

@@ -163,6 +163,9 @@ class BoneOccupancy(nn.Module):
         return True
 
 
+POSES_PER_UPDATE = 32  # distinct training poses per grid update (each point gets one of them)
+
+
 def density_in_poses(
     field: nn.Module,
     skts: torch.Tensor,
@@ -173,36 +176,48 @@ def density_in_poses(
     """``eval_fn`` for ``BoneOccupancy.update``: ``field.density`` of bone-local points in random training poses.
 
     Each point ``x`` of bone ``j`` is placed in the pose of a random frame ``f`` (world = ``skts[f, j]^-1 x``),
-    then expressed in all 24 bone frames (the field's input), with slot ``j`` set to ``x`` exactly.
+    then expressed in all 24 bone frames (the field's input), with slot ``j`` set to ``x`` exactly. The frame is
+    drawn from ``POSES_PER_UPDATE`` random training poses per call, so the points of one pose move into the 24
+    frames with one ``[n, 3] x [3, 72]`` product (gathering a ``[72, 4]`` transform per point cost as much as
+    the density itself); every update draws new poses, so over the EMA window the grid still sees them all.
 
     Args:
         field: has ``density(x_local [N, 24, 3]) -> sigma [N]`` (per world unit).
         skts: ``[F, 24, 4, 4]`` world-to-joint transforms of the training poses (detached here).
         step_world: the marching step in world units; the value is ``sigma * step_world``.
-        generator: CPU generator choosing the frames.
+        generator: CPU generator choosing the poses.
         chunk: points per ``field.density`` call (bounds memory: ~400 floats per point).
     """
     skts = skts.detach()
     n_joints = skts.shape[1]
-    # [F, 24*3, 4]: each frame's 24 top rows [R | t], gathered per point with one index_select (a 2-index
-    # skts[frames, b] gather of whole 4x4s plus einsum copies cost ~3x more on CPU).
-    rows = skts[..., :3, :].reshape(skts.shape[0], n_joints * 3, 4).contiguous()
+    rows = skts[..., :3, :].reshape(skts.shape[0], n_joints * 3, 4).contiguous()  # [F, 24*3, 4]: [R | t] rows
 
     def eval_fn(bone_idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        frames = torch.randint(0, skts.shape[0], (x.shape[0],), generator=generator).to(skts.device)
-        out = []
-        for start in range(0, x.shape[0], chunk):
-            sl = slice(start, start + chunk)
-            b, p, f = bone_idx[sl], x[sl], frames[sl]
-            n = p.shape[0]
-            own = rows.view(-1, 3, 4).index_select(0, f * n_joints + b)  # [n, 3, 4] world -> bone b
-            world = ((p - own[:, :, 3])[:, :, None] * own[:, :, :3]).sum(dim=1)  # R^T (x - t)
-            m = rows.index_select(0, f)  # [n, 24*3, 4]
-            x_local = (m[..., :3] * world[:, None, :]).sum(dim=-1) + m[..., 3]  # [n, 24*3]
-            x_local = x_local.view(n, n_joints, 3)
-            own_slot = torch.arange(n, device=p.device) * n_joints + b
-            x_local.view(-1, 3).index_copy_(0, own_slot, p)  # its own bone's slot exactly
-            out.append(field.density(x_local) * step_world)
-        return torch.cat(out) if out else x.new_zeros(0)
+        n = x.shape[0]
+        poses = torch.randperm(skts.shape[0], generator=generator)[:POSES_PER_UPDATE].tolist()
+        pick = torch.randint(0, len(poses), (n,), generator=generator).to(x.device)
+        order = torch.argsort(pick, stable=True)  # points grouped by pose
+        ends = torch.cumsum(torch.bincount(pick, minlength=len(poses)), 0).tolist()
+        bone_s, x_s = bone_idx.index_select(0, order), x.index_select(0, order)
+        sigma = torch.empty(n, dtype=x.dtype, device=x.device)
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            x_local = torch.empty(stop - start, n_joints * 3, dtype=x.dtype, device=x.device)
+            for k, frame in enumerate(poses):  # the pose runs overlapping [start, stop)
+                lo, hi = max(ends[k - 1] if k else 0, start), min(ends[k], stop)
+                if lo >= hi:
+                    continue
+                m = rows[frame]  # [24*3, 4]
+                b, p = bone_s[lo:hi], x_s[lo:hi]
+                own = m.view(n_joints, 3, 4).index_select(0, b)  # [h, 3, 4] world -> bone b
+                world = ((p - own[:, :, 3])[:, :, None] * own[:, :, :3]).sum(dim=1)  # R^T (x - t)
+                torch.addmm(m[:, 3], world, m[:, :3].T, out=x_local[lo - start : hi - start])
+            x_local = x_local.view(-1, n_joints, 3)
+            own_slot = torch.arange(stop - start, device=x.device) * n_joints + bone_s[start:stop]
+            x_local.view(-1, 3).index_copy_(0, own_slot, x_s[start:stop])  # its own bone's slot exactly
+            sigma[start:stop] = field.density(x_local) * step_world
+        out = torch.empty_like(sigma)
+        out[order] = sigma
+        return out
 
     return eval_fn
