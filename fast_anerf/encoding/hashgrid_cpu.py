@@ -87,8 +87,7 @@ class _HashGridCpuFunction(torch.autograd.Function):
         lv = _level_args(config)
         ptrs = (xs.data_ptr(), base.data_ptr(), table.data_ptr())
         run_calls([(lib.hg_forward, (a, b, *ptrs, *lv, out_s.data_ptr())) for a, b in _point_chunks(n)])
-        out = torch.empty_like(out_s)
-        out[order] = out_s
+        out = torch.empty_like(out_s).index_copy_(0, order, out_s)  # back to the caller's order
         ctx.config, ctx.inplace_grad, ctx.params_ref = config, inplace_grad, params
         ctx.save_for_backward(order, xs, base)
         return out
@@ -119,8 +118,7 @@ class _HashGridCpuFunction(torch.autograd.Function):
         if calls:
             run_calls(calls)
         if ctx.needs_input_grad[0]:
-            grad_x = torch.empty_like(grad_xs)
-            grad_x[order] = grad_xs
+            grad_x = torch.empty_like(grad_xs).index_copy_(0, order, grad_xs)
         return grad_x, None, grad_params, None, None
 
 

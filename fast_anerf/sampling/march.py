@@ -119,10 +119,10 @@ def march_boxes(
     if n_samples > 0:
         # Stratified samples are points; give them their bin as the interval, centred on the jittered point.
         centre = mid[ray_indices, k_idx]
-        half = 0.5 * dt[ray_indices]
+        half = 0.5 * dt.index_select(0, ray_indices)
         return ray_indices, centre - half, centre + half
     t0 = t_starts[ray_indices, k_idx]
-    return ray_indices, t0, t0 + dt[ray_indices]
+    return ray_indices, t0, t0 + dt.index_select(0, ray_indices)
 
 
 def march_occupied(
@@ -177,8 +177,9 @@ def march_occupied(
         ray_indices, k_idx = _occupied_cpu(t_in, t_out, hit, origins, directions, occupancy, anchor, dt, far, n_cand)
     else:
         ray_indices, k_idx = _occupied_torch(t_in, t_out, hit, origins, directions, occupancy, anchor, dt, far, n_cand)
-    t_starts = anchor[ray_indices] + k_idx.to(anchor.dtype) * dt[ray_indices]
-    return ray_indices, t_starts, t_starts + dt[ray_indices]
+    dt_s = dt.index_select(0, ray_indices)
+    t_starts = anchor.index_select(0, ray_indices) + k_idx.to(anchor.dtype) * dt_s
+    return ray_indices, t_starts, t_starts + dt_s
 
 
 def _occupied_torch(t_in, t_out, hit, origins, directions, occupancy, anchor, dt, far, n_cand):
