@@ -170,8 +170,8 @@ def march_occupied(
         ray_indices, k_idx = _occupied_nerfacc(
             t_in, hit, ray_scale, origins, directions, occupancy, step, anchor, dt, far, any_hit, n_cand
         )
-    elif backend == "cpu" or (backend == "auto" and _cpu_march_usable(t_in)):
-        if not _cpu_march_usable(t_in):
+    elif backend == "cpu" or (backend == "auto" and _cpu_march_usable(t_in, origins)):
+        if not _cpu_march_usable(t_in, origins):
             why = load_library(MARCH_SOURCE, _MARCH_SIGNATURE)[1] or "it needs float32 CPU tensors"
             raise ValueError(f"march_occupied: backend 'cpu' cannot run here ({why}); use backend 'torch'")
         ray_indices, k_idx = _occupied_cpu(t_in, t_out, hit, origins, directions, occupancy, anchor, dt, far, n_cand)
@@ -215,8 +215,11 @@ def _occupied_torch(t_in, t_out, hit, origins, directions, occupancy, anchor, dt
     return keep.view(n_rays, n_cand).nonzero(as_tuple=True)  # row-major: sorted by ray, then t
 
 
-def _cpu_march_usable(t_in: torch.Tensor) -> bool:
-    return t_in.device.type == "cpu" and t_in.dtype == torch.float32 and load_library(MARCH_SOURCE, _MARCH_SIGNATURE)[0]
+def _cpu_march_usable(t_in: torch.Tensor, origins: torch.Tensor) -> bool:
+    """The C loop reads float32 CPU arrays (the training dtype) and needs its library to build."""
+    if t_in.device.type != "cpu" or t_in.dtype != torch.float32 or origins.dtype != torch.float32:
+        return False
+    return load_library(MARCH_SOURCE, _MARCH_SIGNATURE)[0] is not None
 
 
 def _occupied_cpu(t_in, t_out, hit, origins, directions, occupancy, anchor, dt, far, n_cand):
