@@ -12,7 +12,10 @@ the CPU slow both alike. Reports, per run:
 * held-out PSNR (test_view and test_pose, every frame) after the same number of steps;
 * samples per pixel and per box-hitting ray when rendering held-out images, and seconds per image.
 
-    python scripts/bench_sampling.py [--steps 2000] [--threads 1] [--arm 'a0:alpha_thre=0.0'] [--out FILE.json]
+    python scripts/bench_sampling.py [--steps N] [--threads 1] [--arm 'a0:alpha_thre=0.0'] [--out FILE.json]
+
+``--steps`` defaults to the preset's training length (demo: 4000), so the rays/s cover a whole run as a user
+trains it, warm-up included.
 
 ``--arm NAME:key=value,...`` adds a run with other ``TrainConfig`` values (JSON); every arm is compared
 with "off".
@@ -31,6 +34,7 @@ import torch
 
 from fast_anerf.bone_boxes import ray_box_intervals
 from fast_anerf.cli import Train
+from fast_anerf.config import load_preset
 from fast_anerf.data.rays import image_rays
 from fast_anerf.data.split import load_split
 from fast_anerf.data.synthetic import default_data_dir, generate_dataset
@@ -124,7 +128,7 @@ def early_stop_ablation(trainer: Trainer, n_steps: int, block: int = 10) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=None, help="default: the preset's steps (demo: 4000)")
     parser.add_argument("--block", type=int, default=50, help="steps per run before switching to the other")
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--data", type=Path, default=None, help="folder with train/test_view/test_pose .h5")
@@ -140,6 +144,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.steps is None:
+        args.steps = load_preset(args.preset).train.steps
     if args.data is None:
         args.data = default_data_dir()
         generate_dataset(args.data, verbose=False)
