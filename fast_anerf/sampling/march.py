@@ -7,10 +7,10 @@ Three placements:
   nerfacc's grid marching with ``cone_angle=0`` (the t-grid is anchored at the ray's near, not at each box
   entry). A candidate is kept when its midpoint lies in a posed bone box *and* in an occupied cell of that
   bone's occupancy grid (``occupancy.py``) for at least one such bone. On CPU a C loop (``march_cpu.c``,
-  built on first use like the hash-grid kernels; ~5x faster) with a plain-PyTorch twin that also runs where
-  no compiler is; on CUDA nerfacc's ``traverse_grids`` marches each bone's grid with the rays moved into that
-  bone's frame, and the per-bone sample sets are merged (the shared t-grid makes the same candidate identical
-  in every bone).
+  built on first use like the hash-grid kernels: 6.4 -> 1.2 ms per 2048-ray training batch) with a
+  plain-PyTorch twin that also runs where no compiler is; on CUDA nerfacc's ``traverse_grids`` marches each
+  bone's grid with the rays moved into that bone's frame, and the per-bone sample sets are merged (the shared
+  t-grid makes the same candidate identical in every bone).
 * **Fixed step in the boxes** (``march_boxes``, occupancy off): the same candidates, kept when the midpoint
   lies inside some posed bone box (the field is exactly 0 elsewhere).
 * **Stratified** (A-NeRF, ``march_boxes`` with ``n_samples``): ``n_samples`` jittered samples evenly between

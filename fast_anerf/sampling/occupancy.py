@@ -6,8 +6,8 @@ Design, with the reason for each choice:
   frames (``field.py``): a body part is static in its joint's frame, so its occupancy is too, and one grid
   serves every pose (a world-aligned grid, as nerfacc's, would have to be rebuilt for each pose).
   Resolution ``R`` per axis (default 16: cells of 13-38 mm on the built-in character's boxes, about one
-  marching step of 19 mm; each update evaluates the density of up to ``24 R^3 / 2`` cells, which on a CPU
-  costs about as much as a training step at ``R = 16`` and 3.4x more at ``R = 24``).
+  marching step of 19 mm; each update evaluates the density of up to ``24 R^3 / 2`` cells: ~50 ms on this
+  2-core CPU at ``R = 16``, about 1.5 training steps, every 16 steps; the cost grows with ``R^3``).
 * **nerfacc's layout and names** (``OccGridEstimator``, specs/tcnn_nerfacc.md §C1): ``occs [24, R^3]``
   float and ``binaries [24, R, R, R]`` bool, cell id ``x*R*R + y*R + z``, a point maps to cell
   ``floor((p - box_min) / box_size * R)`` clamped to ``[0, R-1]``. Both are buffers of the module, so they
