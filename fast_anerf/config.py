@@ -80,6 +80,7 @@ class TrainConfig:
     density_noise_std: float = 0.0  # A-NeRF's raw_noise_std (1.0 there), added before the density activation
     # Empty-space skipping (fast field only; sampling/occupancy.py): per-bone occupancy grids, nerfacc's rule.
     occupancy: bool = True  # march only through occupied cells and stop rays once opaque
+    occ_blend_mask: bool = True  # a bone enters the field's blend only in its occupied cells (field.py)
     occ_resolution: int = 16  # cells per axis of each bone's box (13-38 mm on the built-in body; step 19 mm)
     occ_update_every: int = 16  # training steps between grid updates
     occ_warmup_steps: int = 256  # before this step every update evaluates every cell
@@ -129,6 +130,15 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @staticmethod
+    def from_checkpoint(data: dict[str, Any], source: str = "checkpoint") -> RunConfig:
+        """``from_dict`` for a checkpoint's config: runs saved before ``occ_blend_mask`` existed were trained
+        without the mask, so they keep rendering without it."""
+        config = RunConfig.from_dict(data, source)
+        if "occ_blend_mask" not in data.get("train", {}):
+            config = replace(config, train=replace(config.train, occ_blend_mask=False))
+        return config
 
     @staticmethod
     def from_dict(data: dict[str, Any], source: str = "checkpoint") -> RunConfig:

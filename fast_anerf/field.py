@@ -17,6 +17,13 @@ direction in all 24 joint frames. Design choices, with the reason for each:
   are the normalised blend ``sum_j w_j f_j / sum_j w_j``; the density is multiplied by the coverage
   ``min(sum_j w_j, 1)``, so it fades to 0 at the union's boundary instead of jumping, and overlapping bones
   (joints) hand over smoothly.
+* **A bone blends only where it held body** (``Character.use_blend_mask``, on by default with occupancy
+  grids): its weight is multiplied by its own occupancy cell (0 or 1). Box regions that are empty in every
+  training pose never get a sample once the grids skip them, so nothing trains them to be empty; in a novel
+  pose such a region of one bone can overlap another bone's body and leak its stale features into the blend.
+  Measured on the built-in character (``bench_sampling.py``, 4000 steps): held-out novel-pose PSNR 0.46 dB
+  below training without skipping; with the mask 0.07 dB. The grids' own updates evaluate the unmasked
+  density, so a cell the mask silences can become occupied again.
 * **Density** ``sigma = coverage * exp(raw + density_bias) / height`` (truncated-exponential gradient, as
   Instant-NGP): a wide dynamic range for thin, opaque surfaces. Dividing by the skeleton height makes the
   raw value unit-free (metres or A-NeRF units train alike); the bias starts training from a light fog,
@@ -98,6 +105,9 @@ class FastField(nn.Module):
         )
         self.frame_codes = nn.Embedding(max(n_frame_codes, 1), max(cfg.framecode_dim, 1))
         nn.init.normal_(self.frame_codes.weight, std=0.01)
+        # The model's occupancy grids when the blend is masked (``Character.use_blend_mask``); kept out of the
+        # submodules (they belong to the model), hence set through object.__setattr__.
+        object.__setattr__(self, "blend_mask", None)
 
     @property
     def backend_name(self) -> str:
@@ -122,7 +132,7 @@ class FastField(nn.Module):
     def update_schedule(self, step: int) -> None:
         """Nothing is scheduled in this field (kept for the shared field interface)."""
 
-    def _encode(self, x_local: torch.Tensor, d_local: torch.Tensor | None = None):
+    def _encode(self, x_local: torch.Tensor, d_local: torch.Tensor | None = None, masked: bool = True):
         """Blend per-bone hash features (and, with ``d_local``, ray directions) of samples.
 
         Returns ``(features [N, L*F], coverage [N], d_blend [N, 3] or None)``: the weighted mean of the hash
@@ -132,9 +142,11 @@ class FastField(nn.Module):
         ``[pairs]`` temporaries dominated the small batches of the visibility pass (15.7 -> 12.0 ms per
         training step), occupancy updates and rendering.
         """
+        occ = self.blend_mask if masked else None
         if self.fuse_no_grad and not torch.is_grad_enabled() and self.grid.backend_name == "cpu":
             args = (self.box_min, self.box_size, self.cfg.blend_margin, self.grid.params, self.grid.config)
-            blended, weight_sum, d_sum = blend_encode_cpu(x_local, d_local, *args)
+            mask = (occ.binaries, occ.resolution) if occ is not None else None
+            blended, weight_sum, d_sum = blend_encode_cpu(x_local, d_local, *args, mask=mask)
         else:
             u = (x_local - self.box_min) / self.box_size  # [N, 24, 3] box-normalised
             inside = ((u >= 0.0) & (u <= 1.0)).all(dim=-1)  # [N, 24]
@@ -143,6 +155,11 @@ class FastField(nn.Module):
             sample_idx, bone_idx = pairs // u.shape[1], pairs % u.shape[1]
             u_pairs = u.reshape(-1, 3).index_select(0, pairs)  # [P, 3]
             weights = smooth_ramp(u_pairs, self.cfg.blend_margin).prod(dim=-1)  # [P]
+            if occ is not None:
+                r = occ.resolution
+                c = (u_pairs.detach() * r).floor().long().clamp(0, r - 1)
+                cell = bone_idx * r**3 + (c[:, 0] * r + c[:, 1]) * r + c[:, 2]
+                weights = weights * occ.binaries.reshape(-1).index_select(0, cell)
             feats = self.grid(u_pairs, bone_idx)  # [P, L*F]
             n = x_local.shape[0]
             weight_sum = torch.zeros(n, dtype=u.dtype, device=u.device).index_add_(0, sample_idx, weights)
@@ -190,7 +207,7 @@ class FastField(nn.Module):
         rgb = self.color_mlp(torch.cat(color_in, dim=-1))
         return sigma, rgb
 
-    def density(self, x_local: torch.Tensor) -> torch.Tensor:
+    def density(self, x_local: torch.Tensor, masked: bool = True) -> torch.Tensor:
         """``sigma [N]`` of samples ``x_local [N, 24, 3]`` (no colour branch; meshes, occupancy grids)."""
-        feats, coverage, _ = self._encode(x_local)
+        feats, coverage, _ = self._encode(x_local, masked=masked)
         return coverage * trunc_exp(self.density_mlp(feats)[:, 0] + self.cfg.density_bias) / self.height

@@ -47,6 +47,13 @@ class Character(nn.Module):
         self.occupancy = (
             BoneOccupancy(box_min, box_max, config.train.occ_resolution) if self.field_type == "fast" else None
         )
+        self.use_blend_mask(config.train.occupancy and config.train.occ_blend_mask)
+
+    def use_blend_mask(self, enabled: bool) -> None:
+        """Whether the fast field blends a bone only in cells its occupancy grid marks occupied (``field.py``)."""
+        if self.occupancy is not None:
+            # object.__setattr__: a plain reference, not a second registration of the grids as a submodule
+            object.__setattr__(self.field, "blend_mask", self.occupancy if enabled else None)
 
     @property
     def field_type(self) -> str:
@@ -173,7 +180,7 @@ def check_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
 def load_character(path: Path, device: str | torch.device = "cpu", backend: str = "auto") -> tuple[Character, dict]:
     """Rebuild the ``Character`` of a checkpoint; returns ``(model, checkpoint_dict)``."""
     ckpt = read_checkpoint(path)
-    config = RunConfig.from_dict(ckpt["config"], source=str(path))
+    config = RunConfig.from_checkpoint(ckpt["config"], source=str(path))
     rest_pose = ckpt["model"]["rest_pose"]
     try:
         model = Character(config, rest_pose, ckpt["n_frame_codes"], backend=backend)

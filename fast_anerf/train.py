@@ -159,7 +159,7 @@ class Trainer:
                 raise CheckpointError(f"{self.ckpt_path}: no checkpoint to resume from (the run stopped before its "
                                       "first checkpoint); start it again without --resume")  # fmt: skip
             resume_state = read_checkpoint(self.ckpt_path)
-            config = RunConfig.from_dict(resume_state["config"], source=str(self.ckpt_path))
+            config = RunConfig.from_checkpoint(resume_state["config"], source=str(self.ckpt_path))
             stored = resume_state.get("data")
             data_arg = args.data if args.data is not None or not stored else Path(stored)
         else:

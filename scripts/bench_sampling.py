@@ -61,6 +61,7 @@ def make_trainer(name: str, overrides: dict, args) -> Trainer:
     config = replace(trainer.config, train=replace(trainer.config.train, **overrides))
     trainer.config = config  # gates the grid updates and the render settings
     trainer.model.config = config  # saved with the checkpoint
+    trainer.model.use_blend_mask(config.train.occupancy and config.train.occ_blend_mask)
     return trainer
 
 

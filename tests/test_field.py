@@ -90,3 +90,35 @@ def test_bone_boxes_cover_the_built_in_body(motion):
         local = torch.einsum("jab,vb->vja", skts[:, :3, :3], verts) + skts[:, :3, 3]
         inside = ((local >= box_min) & (local <= box_max)).all(-1).any(-1)
         assert inside.float().mean() > 0.999, np.flatnonzero(~inside.numpy())[:10]
+
+
+def test_blend_mask_silences_a_bone_exactly_in_its_empty_cells():
+    """With one bone's grid empty, samples only that bone covers get no density; the others keep theirs."""
+    model = _model()
+    _, skts = _posed()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4000, 3, generator=g) * 0.3
+    x_local = torch.einsum("jab,nb->nja", skts[:, :3, :3], x) + skts[:, :3, 3]
+    inside = ((x_local >= model.box_min) & (x_local <= model.box_max)).all(-1)  # [N, 24]
+    bone = int(inside.sum(0).argmax())
+    only_bone = inside[:, bone] & (inside.sum(-1) == 1)
+    not_bone = ~inside[:, bone] & inside.any(-1)
+    assert only_bone.sum() > 20 and not_bone.sum() > 20
+    with torch.no_grad():
+        before = model.field.density(x_local)
+        model.occupancy.binaries[bone] = False
+        after = model.field.density(x_local)
+        unmasked = model.field.density(x_local, masked=False)
+        model.use_blend_mask(False)
+        switched_off = model.field.density(x_local)
+    assert bool((before[only_bone] > 0).float().mean() > 0.9) and bool((after[only_bone] == 0).all())
+    assert torch.equal(after[not_bone], before[not_bone])
+    assert torch.equal(unmasked, before) and torch.equal(switched_off, before)
+
+
+def test_checkpoints_from_before_the_blend_mask_keep_rendering_without_it():
+    old = RunConfig().to_dict()
+    del old["train"]["occ_blend_mask"]
+    assert RunConfig.from_checkpoint(old).train.occ_blend_mask is False
+    assert RunConfig.from_checkpoint(RunConfig().to_dict()).train.occ_blend_mask is True
+    assert RunConfig.from_dict(old).train.occ_blend_mask is True  # presets and new runs: on

@@ -119,10 +119,15 @@ def test_fused_no_grad_encoding_equals_the_fields_torch_path(threads, monkeypatc
         d = torch.nn.functional.normalize(torch.randn(3000, 3, generator=g), dim=-1)
         d_local = torch.einsum("jab,nb->nja", skts[:, :3, :3], d)
         codes = torch.randint(-1, 3, (3000,), generator=g)
+        occupancy = field.blend_mask  # the model's grids: a random half of the cells occupied
+        occupancy.binaries.copy_(torch.rand(occupancy.binaries.shape, generator=g) < 0.5)
         with torch.no_grad():
             fused = (field._encode(x_local, d_local), field(x_local, d_local, codes), field.density(x_local))
+            unmasked_fused = field.density(x_local, masked=False)
             field.fuse_no_grad = False
             plain = (field._encode(x_local, d_local), field(x_local, d_local, codes), field.density(x_local))
+            assert torch.equal(unmasked_fused, field.density(x_local, masked=False))
+            assert not torch.equal(plain[2], field.density(x_local, masked=False))  # the mask matters here
         inside = fused[0][1] > 0
         assert 0.2 < float(inside.float().mean()) < 0.95  # samples inside and outside the boxes
         for got, want in zip([*fused[0], *fused[1], fused[2]], [*plain[0], *plain[1], plain[2]], strict=True):

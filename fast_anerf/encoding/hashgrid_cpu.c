@@ -154,7 +154,8 @@ void hg_backward_x(int64_t start, int64_t stop, const float *x, const int64_t *b
  * *status = 1 when the pair buffers could not be allocated (nothing useful written), else 0. */
 #define BLEND_SAMPLES 128
 void hg_blend_forward(int64_t start, int64_t stop, int J, const float *x, const float *d, const float *box_min,
-                      const float *box_size, float margin, const float *table, int64_t n_entries, int F, int L,
+                      const float *box_size, float margin, const uint8_t *mask, int R, const float *table,
+                      int64_t n_entries, int F, int L,
                       const double *scale, const uint32_t *mult, const int32_t *dense, const uint32_t *size,
                       const int64_t *offset, float *feats, float *wsum, float *dblend, int *status) {
     const int64_t max_pairs = (int64_t)BLEND_SAMPLES * J;
@@ -188,6 +189,15 @@ void hg_blend_forward(int64_t start, int64_t stop, int J, const float *x, const 
                     s = s < 0.0f ? 0.0f : (s > 1.0f ? 1.0f : s);
                     const float r = s * s * (3.0f - 2.0f * s);
                     w = e == 0 ? r : w * r;
+                }
+                if (mask) { /* the bone counts only in cells its occupancy grid marks occupied */
+                    int64_t cell = b;
+                    for (int e = 0; e < 3; ++e) {
+                        float cf = floorf(u[e] * (float)R);
+                        cf = cf < 0.0f ? 0.0f : (cf > (float)(R - 1) ? (float)(R - 1) : cf);
+                        cell = cell * R + (int64_t)cf;
+                    }
+                    w = w * (mask[cell] ? 1.0f : 0.0f);
                 }
                 ws += w;
                 if (d) {

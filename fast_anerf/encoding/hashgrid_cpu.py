@@ -41,7 +41,10 @@ _SIGNATURES = (
     ("hg_forward", (I64, I64, PTR, PTR, PTR, *_LEVEL_ARGS, PTR)),
     ("hg_backward_table", (I64, INT, INT, PTR, PTR, PTR, *_LEVEL_ARGS, PTR)),
     ("hg_backward_x", (I64, I64, PTR, PTR, PTR, PTR, *_LEVEL_ARGS, PTR)),
-    ("hg_blend_forward", (I64, I64, INT, PTR, PTR, PTR, PTR, FLOAT, PTR, I64, *_LEVEL_ARGS, PTR, PTR, PTR, PTR)),
+    (
+        "hg_blend_forward",
+        (I64, I64, INT, PTR, PTR, PTR, PTR, FLOAT, PTR, INT, PTR, I64, *_LEVEL_ARGS, PTR, PTR, PTR, PTR),
+    ),
 )
 MIN_SAMPLES_PER_THREAD = 1024  # blend_encode_cpu: each sample is ~2-4 (sample, bone) pairs
 
@@ -135,7 +138,14 @@ def hashgrid_cpu(x: Tensor, bone_ids: Tensor, params: Tensor, config, inplace_gr
 
 
 def blend_encode_cpu(
-    x_local: Tensor, d_local: Tensor | None, box_min: Tensor, box_size: Tensor, margin: float, params: Tensor, config
+    x_local: Tensor,
+    d_local: Tensor | None,
+    box_min: Tensor,
+    box_size: Tensor,
+    margin: float,
+    params: Tensor,
+    config,
+    mask: tuple[Tensor, int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """The fast field's encoding without gradients, fused in C (``hg_blend_forward``); equal to its PyTorch path.
 
@@ -162,7 +172,10 @@ def blend_encode_cpu(
     d_blend = torch.empty(n, 3, dtype=torch.float32) if d is not None else None
     chunks = split_range(n, max(1, min(torch.get_num_threads(), n // MIN_SAMPLES_PER_THREAD)))
     status = torch.zeros(max(len(chunks), 1), dtype=torch.int32)
+    mask_cells = mask[0].contiguous() if mask is not None else None
+    mask_args = (mask_cells.data_ptr(), mask[1]) if mask is not None else (None, 0)
     head = (x.data_ptr(), d.data_ptr() if d is not None else None, *(b.data_ptr() for b in boxes), float(margin))
+    head = (*head, *mask_args)
     tail = (feats.data_ptr(), weight_sum.data_ptr(), d_blend.data_ptr() if d_blend is not None else None)
     lv = _level_args(config)
     calls = []

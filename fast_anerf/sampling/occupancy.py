@@ -38,6 +38,9 @@ Design, with the reason for each choice:
   (``density_in_poses``), so over the EMA window (about 20 updates) a cell records the largest density it
   had across many training poses: a union over poses, the conservative choice for novel poses too. The
   point is written into its own bone's slot exactly (no round trip through world coordinates).
+* **The density without the blend mask** (``field.density(..., masked=False)``): the field may silence a bone in
+  its empty cells (``field.py``); the grid must see what the bone's own features would add there, or a cell
+  once marked empty could never come back.
 """
 
 from __future__ import annotations
@@ -215,7 +218,7 @@ def density_in_poses(
             x_local = x_local.view(-1, n_joints, 3)
             own_slot = torch.arange(stop - start, device=x.device) * n_joints + bone_s[start:stop]
             x_local.view(-1, 3).index_copy_(0, own_slot, x_s[start:stop])  # its own bone's slot exactly
-            sigma[start:stop] = field.density(x_local) * step_world
+            sigma[start:stop] = field.density(x_local, masked=False) * step_world
         out = torch.empty_like(sigma)
         out[order] = sigma
         return out
