@@ -22,7 +22,7 @@ direction in all 24 joint frames. Design choices, with the reason for each:
   training pose never get a sample once the grids skip them, so nothing trains them to be empty; in a novel
   pose such a region of one bone can overlap another bone's body and leak its stale features into the blend.
   Measured on the built-in character (``bench_sampling.py``, 4000 steps): held-out novel-pose PSNR 0.46 dB
-  below training without skipping; with the mask 0.07 dB. The grids' own updates evaluate the unmasked
+  below training without skipping; with the mask 0.05-0.07 dB (two runs). The grids' own updates evaluate the unmasked
   density, so a cell the mask silences can become occupied again.
 * **Density** ``sigma = coverage * exp(raw + density_bias) / height`` (truncated-exponential gradient, as
   Instant-NGP): a wide dynamic range for thin, opaque surfaces. Dividing by the skeleton height makes the
