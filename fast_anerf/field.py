@@ -22,8 +22,8 @@ direction in all 24 joint frames. Design choices, with the reason for each:
   training pose never get a sample once the grids skip them, so nothing trains them to be empty; in a novel
   pose such a region of one bone can overlap another bone's body and leak its stale features into the blend.
   Measured on the built-in character (``bench_sampling.py``, 4000 steps): held-out novel-pose PSNR 0.46 dB
-  below training without skipping; with the mask 0.05-0.07 dB (two runs). The grids' own updates evaluate the unmasked
-  density, so a cell the mask silences can become occupied again.
+  below training without skipping; with the mask 0.05-0.07 dB (two runs). The grids' own updates evaluate
+  the unmasked density, so a cell the mask silences can become occupied again.
 * **Density** ``sigma = coverage * exp(raw + density_bias) / height`` (truncated-exponential gradient, as
   Instant-NGP): a wide dynamic range for thin, opaque surfaces. Dividing by the skeleton height makes the
   raw value unit-free (metres or A-NeRF units train alike); the bias starts training from a light fog,
@@ -155,11 +155,8 @@ class FastField(nn.Module):
             sample_idx, bone_idx = pairs // u.shape[1], pairs % u.shape[1]
             u_pairs = u.reshape(-1, 3).index_select(0, pairs)  # [P, 3]
             weights = smooth_ramp(u_pairs, self.cfg.blend_margin).prod(dim=-1)  # [P]
-            if occ is not None:
-                r = occ.resolution
-                c = (u_pairs.detach() * r).floor().long().clamp(0, r - 1)
-                cell = bone_idx * r**3 + (c[:, 0] * r + c[:, 1]) * r + c[:, 2]
-                weights = weights * occ.binaries.reshape(-1).index_select(0, cell)
+            if occ is not None:  # 0 in the bone's empty cells (Character.use_blend_mask)
+                weights = weights * occ.binaries.reshape(-1).index_select(0, occ.unit_cell_ids(bone_idx, u_pairs))
             feats = self.grid(u_pairs, bone_idx)  # [P, L*F]
             n = x_local.shape[0]
             weight_sum = torch.zeros(n, dtype=u.dtype, device=u.device).index_add_(0, sample_idx, weights)

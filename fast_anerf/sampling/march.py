@@ -170,11 +170,11 @@ def march_occupied(
         ray_indices, k_idx = _occupied_nerfacc(
             t_in, hit, ray_scale, origins, directions, occupancy, step, anchor, dt, far, any_hit, n_cand
         )
-    elif backend == "cpu" or (backend == "auto" and _cpu_march_usable(t_in, origins)):
-        if not _cpu_march_usable(t_in, origins):
-            why = load_library(MARCH_SOURCE, _MARCH_SIGNATURE)[1] or "it needs float32 CPU tensors"
-            raise ValueError(f"march_occupied: backend 'cpu' cannot run here ({why}); use backend 'torch'")
+    elif backend in ("cpu", "auto") and _cpu_march_usable(t_in, origins):
         ray_indices, k_idx = _occupied_cpu(t_in, t_out, hit, origins, directions, occupancy, anchor, dt, far, n_cand)
+    elif backend == "cpu":
+        why = load_library(MARCH_SOURCE, _MARCH_SIGNATURE)[1] or "it needs float32 CPU tensors"
+        raise ValueError(f"march_occupied: backend 'cpu' cannot run here ({why}); use backend 'torch'")
     else:
         ray_indices, k_idx = _occupied_torch(t_in, t_out, hit, origins, directions, occupancy, anchor, dt, far, n_cand)
     dt_s = dt.index_select(0, ray_indices)

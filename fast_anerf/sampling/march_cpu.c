@@ -1,5 +1,5 @@
 /* Occupancy marching on the CPU: which fixed-step candidates of each ray lie in an occupied cell of a posed bone
- * box containing them (march_cpu.py loads this file; march.py's _occupied_torch is the plain-PyTorch twin).
+ * box containing them (march.py loads this file; march.py's _occupied_torch is the plain-PyTorch twin).
  *
  * The twin gathers every (ray, bone) box hit, expands it to its range of candidates and tests them with ~40
  * tensor ops over [candidates x boxes] temporaries (~6 ms per 2048-ray training batch on this 2-core CPU); here

@@ -91,9 +91,13 @@ class BoneOccupancy(nn.Module):
 
     def cell_ids(self, bone_idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Flat cell index ``bone * R^3 + x*R*R + y*R + z`` of points ``x [P, 3]`` (local to ``bone_idx [P]``)."""
-        r = self.resolution
         u = (x - self.box_min.index_select(0, bone_idx)) / self.box_size.index_select(0, bone_idx)
-        c = (u * r).floor().long().clamp(0, r - 1)
+        return self.unit_cell_ids(bone_idx, u)
+
+    def unit_cell_ids(self, bone_idx: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``cell_ids`` of points already in box coordinates ``u [P, 3]`` (``(x - box_min) / box_size``)."""
+        r = self.resolution
+        c = (u.detach() * r).floor().long().clamp(0, r - 1)
         return bone_idx * r**3 + (c[:, 0] * r + c[:, 1]) * r + c[:, 2]
 
     def occupied(self, bone_idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
