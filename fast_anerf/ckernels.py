@@ -29,7 +29,7 @@ import torch
 FLAGS = ("-O3", "-shared", "-fPIC", "-std=c99")
 
 # ctypes argument types, for the signatures the callers declare.
-PTR, I64, INT, FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+PTR, I64, INT, FLOAT, DOUBLE = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_double
 
 
 def cache_dir() -> Path:

@@ -22,7 +22,7 @@ direction in all 24 joint frames. Design choices, with the reason for each:
   training pose never get a sample once the grids skip them, so nothing trains them to be empty; in a novel
   pose such a region of one bone can overlap another bone's body and leak its stale features into the blend.
   Measured on the built-in character (``bench_sampling.py``, 4000 steps): held-out novel-pose PSNR 0.46 dB
-  below training without skipping; with the mask 0.05-0.07 dB (two runs). The grids' own updates evaluate
+  below training without skipping; with the mask 0.03-0.07 dB (three runs). The grids' own updates evaluate
   the unmasked density, so a cell the mask silences can become occupied again.
 * **Density** ``sigma = coverage * exp(raw + density_bias) / height`` (truncated-exponential gradient, as
   Instant-NGP): a wide dynamic range for thin, opaque surfaces. Dividing by the skeleton height makes the
@@ -40,7 +40,7 @@ from torch import nn
 
 from fast_anerf.config import FastFieldConfig
 from fast_anerf.encoding.hashgrid import MultiBoneHashGrid
-from fast_anerf.encoding.hashgrid_cpu import blend_encode_cpu
+from fast_anerf.encoding.hashgrid_cpu import blend_encode_cpu, fused_visibility_cpu, relu_mlp_first_output_weights
 from fast_anerf.encoding.mlp import TcnnMLP
 from fast_anerf.encoding.spherical_harmonics import spherical_harmonics
 
@@ -208,3 +208,35 @@ class FastField(nn.Module):
         """``sigma [N]`` of samples ``x_local [N, 24, 3]`` (no colour branch; meshes, occupancy grids)."""
         feats, coverage, _ = self._encode(x_local, masked=masked)
         return coverage * trunc_exp(self.density_mlp(feats)[:, 0] + self.cfg.density_bias) / self.height
+
+    def fused_visibility(
+        self,
+        origins: torch.Tensor,
+        directions: torch.Tensor,
+        ray_scale: torch.Tensor,
+        ray_indices: torch.Tensor,
+        t_starts: torch.Tensor,
+        t_ends: torch.Tensor,
+        early_stop_eps: float,
+        alpha_thre: float,
+    ) -> tuple[torch.Tensor, int] | None:
+        """``volrend.visibility_progressive`` with this field's (masked) density, in one C call.
+
+        Args: ``origins``, ``directions [R, 24, 3]`` rays in the joint frames, ``ray_scale [R]``, packed sorted
+        candidates (``ray_indices``, ``t_starts``, ``t_ends [P]``), thresholds as ``volrend.visibility``.
+        Returns ``(keep [P] bool, densities evaluated)``, or None where the fused kernel does not apply (a backend
+        other than ``cpu``, ``fuse_no_grad`` off): the caller then runs the PyTorch rounds. Densities equal
+        ``density()``'s up to the MLP's float summation order (``hashgrid_cpu.fused_visibility_cpu``).
+        """
+        mlp = self.density_mlp
+        if not (self.fuse_no_grad and self.grid.backend_name == "cpu" and mlp.activation == "ReLU"):
+            return None
+        weights = relu_mlp_first_output_weights(mlp.layer_weights(), mlp.n_input_dims)
+        if weights is None or mlp.output_activation != "None":
+            return None
+        occ = self.blend_mask
+        mask = (occ.binaries, occ.resolution) if occ is not None else None
+        inputs = (self.box_min, self.box_size, self.cfg.blend_margin, self.grid.params, self.grid.config, mask)
+        args = (weights, mlp.n_neurons, mlp.n_hidden_layers, self.cfg.density_bias, self.height)
+        rays = (origins, directions, ray_scale, ray_indices, t_starts, t_ends)
+        return fused_visibility_cpu(*rays, inputs, *args, early_stop_eps, alpha_thre)

@@ -87,11 +87,11 @@ def render_rays(
     Returns:
         ``rgb [R, 3]`` (composited on the background), ``acc [R]`` (opacity), ``depth [R]`` (t, where acc>0),
         ``n_samples`` (scalar tensor: samples evaluated by the full field), ``n_candidates`` (samples whose
-        density was evaluated without gradients to choose them; ``n_samples`` without occupancy). Called
-        without gradients (rendering), the choosing pass computes colour as well and is the only field pass,
-        so there ``n_samples == n_candidates``.
+        density was evaluated without gradients to choose them; ``n_samples`` without occupancy). On the CPU
+        with the fast field's ``cpu`` backend the choosing pass is one C call (``FastField.fused_visibility``);
+        otherwise, called without gradients (rendering), it computes colour as well and is the only field
+        pass, so there ``n_samples == n_candidates``.
     """
-    n_rays = rays_o.shape[0]
     origins, directions = rays_to_bones(rays_o, rays_d, skts)
     # Sample placement is not differentiated (poses get gradients through the samples' bone coordinates).
     t_in, t_out, hit = ray_box_intervals(origins.detach(), directions.detach(), model.box_min, model.box_max)
@@ -107,36 +107,25 @@ def render_rays(
         if (settings.early_stop_eps > 0 or settings.alpha_thre > 0) and n_candidates:
             # nerfacc's sigma_fn pass: densities without gradients pick the visible samples (stop each ray
             # once opaque), so the expensive pass with gradients and colour runs on far fewer samples.
-            # Without gradients (rendering, not training) that pass computes colour too and is the only one.
             alpha_thre = min(settings.alpha_thre, float(occupancy.occs.mean()))
-            one_pass = not torch.is_grad_enabled()
-            if one_pass:
-                sigma_all = rays_o.new_zeros(n_candidates)
-                rgb_all = rays_o.new_zeros(n_candidates, 3)
-            with torch.no_grad():
-                t_mid = 0.5 * (t_starts + t_ends)
+            thresholds = (settings.early_stop_eps, alpha_thre)
+            fused = None
+            if not ray_idx.is_cuda and hasattr(model.field, "fused_visibility"):  # all of it in one C call
                 o, d = origins.detach(), directions.detach()
-
-                def sigma_fn(sel: torch.Tensor) -> torch.Tensor:
-                    ray = ray_idx.index_select(0, sel)
-                    d_ray = d.index_select(0, ray)  # index_select: ~2x faster than d[ray] on CPU
-                    x = o.index_select(0, ray) + t_mid.index_select(0, sel)[:, None, None] * d_ray
-                    if not one_pass:
-                        return model.field.density(x)
-                    scale = ray_scale.index_select(0, ray)[:, None, None]
-                    sigma_all[sel], rgb_all[sel] = model.field(x, d_ray / scale, code_ids.index_select(0, ray))
-                    return sigma_all[sel]
-
-                args = (t_starts, t_ends, ray_idx, n_rays, ray_scale, settings.early_stop_eps, alpha_thre)
-                if ray_idx.is_cuda:  # one density pass over all candidates (nerfacc's way; cheap on a GPU)
-                    keep = visibility(sigma_fn(torch.arange(n_candidates, device=ray_idx.device)), *args)
-                else:  # front to back, only until each ray is opaque (same samples, far fewer densities)
-                    keep, n_candidates = visibility_progressive(sigma_fn, *args, return_count=True)
+                fused = model.field.fused_visibility(o, d, ray_scale, ray_idx, t_starts, t_ends, *thresholds)
+            if fused is not None:
+                (keep, n_candidates), colour = fused, None
+            else:
+                # Without gradients (rendering) this pass computes colour too and is the only one.
+                rays = (origins, directions, ray_scale, code_ids)
+                with_colour = not torch.is_grad_enabled()
+                keep, n_candidates, colour = _visible_samples(
+                    model, *rays, ray_idx, t_starts, t_ends, thresholds, with_colour
+                )
             kept_idx = keep.nonzero().squeeze(1)
             ray_idx, t_starts, t_ends = (v.index_select(0, kept_idx) for v in (ray_idx, t_starts, t_ends))
-            if one_pass:
-                # Every density evaluated came with its colour: n_samples = n_candidates.
-                kept = (sigma_all[kept_idx], rgb_all[kept_idx], t_starts, t_ends, ray_idx)
+            if colour is not None:  # every density evaluated came with its colour: n_samples = n_candidates
+                kept = (colour[0][kept_idx], colour[1][kept_idx], t_starts, t_ends, ray_idx)
                 return _composite(*kept, ray_scale, background, n_candidates, n_candidates)
     else:
         ray_idx, t_starts, t_ends = march_boxes(
@@ -158,6 +147,41 @@ def render_rays(
     codes = code_ids.index_select(0, ray_idx)
     sigma, rgb = model.field(x_local, d_local, codes, density_noise_std=settings.density_noise_std)
     return _composite(sigma, rgb, t_starts, t_ends, ray_idx, ray_scale, background, ray_idx.numel(), n_candidates)
+
+
+@torch.no_grad()
+def _visible_samples(
+    model, origins, directions, ray_scale, code_ids, ray_idx, t_starts, t_ends, thresholds, with_colour: bool
+):
+    """The visibility pass through the field's PyTorch path: ``(keep [P], densities evaluated, colour)``.
+
+    CUDA: one density pass over all candidates (nerfacc's way; cheap on a GPU). CPU: front to back, only until
+    each ray is opaque (``visibility_progressive``: the same samples, far fewer densities). ``with_colour``
+    (rendering: no pass with gradients follows) evaluates colour too and returns ``colour = (sigma [P],
+    rgb [P, 3])``, else None.
+    """
+    n_rays, n_candidates = ray_scale.shape[0], ray_idx.numel()
+    sigma_all = ray_scale.new_zeros(n_candidates) if with_colour else None
+    rgb_all = ray_scale.new_zeros(n_candidates, 3) if with_colour else None
+    t_mid = 0.5 * (t_starts + t_ends)
+    o, d = origins.detach(), directions.detach()
+
+    def sigma_fn(sel: torch.Tensor) -> torch.Tensor:
+        ray = ray_idx.index_select(0, sel)
+        d_ray = d.index_select(0, ray)  # index_select: ~2x faster than d[ray] on CPU
+        x = o.index_select(0, ray) + t_mid.index_select(0, sel)[:, None, None] * d_ray
+        if not with_colour:
+            return model.field.density(x)
+        scale = ray_scale.index_select(0, ray)[:, None, None]
+        sigma_all[sel], rgb_all[sel] = model.field(x, d_ray / scale, code_ids.index_select(0, ray))
+        return sigma_all[sel]
+
+    args = (t_starts, t_ends, ray_idx, n_rays, ray_scale, *thresholds)
+    if ray_idx.is_cuda:
+        keep = visibility(sigma_fn(torch.arange(n_candidates, device=ray_idx.device)), *args)
+    else:
+        keep, n_candidates = visibility_progressive(sigma_fn, *args, return_count=True)
+    return keep, n_candidates, (sigma_all, rgb_all) if with_colour else None
 
 
 def _composite(

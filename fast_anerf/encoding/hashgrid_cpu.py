@@ -13,8 +13,16 @@ checkpoints move between the ``torch``, ``cpu`` and ``tcnn`` backends; tests com
 with the twin on random inputs.
 
 ``blend_encode_cpu`` is the fast field's whole encoding without gradients (box tests, edge weights, hash
-features, blending) in one C call, equal to the PyTorch path bit for bit. It serves the no-gradient passes:
-choosing visible samples in training, occupancy updates, rendering.
+features, blending) in one C call, equal to the PyTorch path bit for bit. It serves occupancy updates, meshes
+and the colour pass of rendering.
+
+``fused_visibility_cpu`` is the whole visibility pass (which marched candidates the field with gradients
+and colour must see) in one C call: per ray, front to back, encoding + density MLP + transmittance, stopping
+at the first opaque sample. The PyTorch rounds it replaces (``volrend.visibility_progressive``) evaluate
+``4, 8, 16...`` candidates per still-transparent ray with ~40 tensor ops a round; here no density is evaluated
+behind the surface (3.2 instead of 4.4 per training ray) and there is no per-round overhead. A/B on a
+converged model (2-core CPU, medians of alternating 16-step blocks): 36.6 -> 31.9 ms per training step;
+``bench_sampling.py`` over 4000 steps: grids-on training 3.0x -> 3.6x the rays/s of no skipping.
 
 Built and loaded by ``ckernels.load_library`` (system C compiler on first use, cached; no compiler: the
 backend is unavailable and ``auto`` uses ``torch``, the model's description line names the backend that
@@ -31,19 +39,22 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from fast_anerf.ckernels import FLOAT, I64, INT, PTR, load_library, run_calls, split_range
+from fast_anerf.ckernels import DOUBLE, FLOAT, I64, INT, PTR, load_library, run_calls, split_range
 
 SOURCE = Path(__file__).with_name("hashgrid_cpu.c")
 MIN_POINTS_PER_THREAD = 4096  # below this, one call: thread hand-off costs more than it saves
 
 _LEVEL_ARGS = (INT, INT, PTR, PTR, PTR, PTR, PTR)  # F, L, scale, mult, dense, size, offset
+# The C file's FIELD_ARGS: bones, box_min, box_size, margin, mask, mask resolution, table, entries per bone, levels.
+_FIELD_ARGS = (INT, PTR, PTR, FLOAT, PTR, INT, PTR, I64, *_LEVEL_ARGS)
 _SIGNATURES = (
     ("hg_forward", (I64, I64, PTR, PTR, PTR, *_LEVEL_ARGS, PTR)),
     ("hg_backward_table", (I64, INT, INT, PTR, PTR, PTR, *_LEVEL_ARGS, PTR)),
     ("hg_backward_x", (I64, I64, PTR, PTR, PTR, PTR, *_LEVEL_ARGS, PTR)),
+    ("hg_blend_forward", (I64, I64, PTR, PTR, *_FIELD_ARGS, PTR, PTR, PTR, PTR)),
     (
-        "hg_blend_forward",
-        (I64, I64, INT, PTR, PTR, PTR, PTR, FLOAT, PTR, INT, PTR, I64, *_LEVEL_ARGS, PTR, PTR, PTR, PTR),
+        "fused_visibility",
+        (I64, I64, *[PTR] * 7, *_FIELD_ARGS, PTR, INT, INT, FLOAT, FLOAT, DOUBLE, FLOAT, PTR, PTR, PTR),
     ),
 )
 MIN_SAMPLES_PER_THREAD = 1024  # blend_encode_cpu: each sample is ~2-4 (sample, bone) pairs
@@ -162,28 +173,107 @@ def blend_encode_cpu(
         sum of directions, not normalised) or None without ``d_local``.
     """
     lib = load_kernels()[0]
-    n, n_bones = x_local.shape[:2]
+    n = x_local.shape[0]
     x = x_local.detach().to(torch.float32).contiguous()
     d = d_local.detach().to(torch.float32).contiguous() if d_local is not None else None
-    boxes = [box_min.detach().float().contiguous(), box_size.detach().float().contiguous()]
-    table = params.detach().contiguous()
+    field_args, alive = _field_args(box_min, box_size, margin, params, config, mask)
     feats = torch.empty(n, config.n_output_dims, dtype=torch.float32)
     weight_sum = torch.empty(n, dtype=torch.float32)
     d_blend = torch.empty(n, 3, dtype=torch.float32) if d is not None else None
     chunks = split_range(n, max(1, min(torch.get_num_threads(), n // MIN_SAMPLES_PER_THREAD)))
     status = torch.zeros(max(len(chunks), 1), dtype=torch.int32)
-    mask_cells = mask[0].contiguous() if mask is not None else None
-    mask_args = (mask_cells.data_ptr(), mask[1]) if mask is not None else (None, 0)
-    head = (x.data_ptr(), d.data_ptr() if d is not None else None, *(b.data_ptr() for b in boxes), float(margin))
-    head = (*head, *mask_args)
+    head = (x.data_ptr(), d.data_ptr() if d is not None else None, *field_args)
     tail = (feats.data_ptr(), weight_sum.data_ptr(), d_blend.data_ptr() if d_blend is not None else None)
-    lv = _level_args(config)
-    calls = []
-    for k, (a, b) in enumerate(chunks):  # each chunk reports its own status
-        args = (a, b, n_bones, *head, table.data_ptr(), config.n_entries, *lv, *tail, status[k:].data_ptr())
-        calls.append((lib.hg_blend_forward, args))
-    if calls:
+    calls = [(lib.hg_blend_forward, (a, b, *head, *tail, status[k:].data_ptr())) for k, (a, b) in enumerate(chunks)]
+    if calls:  # (each chunk reports its own status)
         run_calls(calls)
+    del alive
     if bool(status.any()):
         raise MemoryError("blend_encode_cpu: the C kernel could not allocate its pair buffers")
     return feats, weight_sum, d_blend
+
+
+def _field_args(box_min, box_size, margin, params, config, mask) -> tuple[tuple, list[Tensor]]:
+    """The C kernels' ``FIELD_ARGS`` (bones, boxes, margin, mask, table, levels) and the tensors they point into
+    (keep them alive until the call returns)."""
+    boxes = [box_min.detach().float().contiguous(), box_size.detach().float().contiguous()]
+    table = params.detach().contiguous()
+    mask_cells = mask[0].contiguous() if mask is not None else None
+    mask_args = (mask_cells.data_ptr(), int(mask[1])) if mask is not None else (None, 0)
+    args = (len(boxes[0]), *(b.data_ptr() for b in boxes), float(margin), *mask_args)
+    args = (*args, table.data_ptr(), config.n_entries, *_level_args(config))
+    return args, [*boxes, table, mask_cells]
+
+
+def relu_mlp_first_output_weights(weights: list[Tensor], n_inputs: int) -> Tensor | None:
+    """A bias-free ReLU MLP's weights (``TcnnMLP.layer_weights()``) as ``fused_visibility`` reads them: the hidden
+    matrices transposed (``[n_in, N]``, ``[N, N]``...), then row 0 of the output matrix; flat float32. None when
+    the kernel cannot run it (hidden width over 256)."""
+    if len(weights) == 1:
+        return weights[0][0, :n_inputs].detach().float().contiguous()
+    if weights[0].shape[0] > 256:
+        return None
+    parts = [weights[0][:, :n_inputs].t()] + [w.t() for w in weights[1:-1]] + [weights[-1][0]]
+    return torch.cat([p.detach().float().reshape(-1) for p in parts])
+
+
+def fused_visibility_cpu(
+    origins: Tensor,
+    directions: Tensor,
+    ray_scale: Tensor,
+    ray_indices: Tensor,
+    t_starts: Tensor,
+    t_ends: Tensor,
+    field_inputs: tuple,
+    mlp: Tensor,
+    n_neurons: int,
+    n_hidden: int,
+    density_bias: float,
+    height: float,
+    early_stop_eps: float,
+    alpha_thre: float,
+) -> tuple[Tensor, int]:
+    """``volrend.visibility_progressive`` with the fast field's density, fused in C (``fused_visibility``).
+
+    Each ray's candidates are walked front to back, and only until the ray is opaque: densities are evaluated
+    for far fewer candidates than by rounds, with no tensor op per round. The density is the field's
+    (``FastField.density``, masked blend) computed in float32 C: equal to the PyTorch path up to the order of the
+    MLP's float sums (~1e-6 relative), so a candidate within that of a threshold may be chosen differently.
+
+    Args:
+        origins, directions: ``[R, J, 3]`` each ray in every bone frame; ``ray_scale [R]``: world length per t.
+        ray_indices: ``[P]`` sorted candidates' rays; ``t_starts``, ``t_ends``: ``[P]`` their intervals.
+        field_inputs: ``(box_min, box_size, margin, params, config, mask)``: the encoding's constants
+            (``blend_encode_cpu``'s arguments).
+        mlp: the density MLP from ``relu_mlp_first_output_weights``; ``n_neurons``, ``n_hidden``: its hidden
+            width and layers.
+        density_bias, height: ``sigma = coverage * exp(min(raw + bias, 15)) / height``.
+        early_stop_eps, alpha_thre: as ``volrend.visibility``.
+
+    Returns:
+        ``keep [P]`` bool and the number of densities evaluated.
+    """
+    lib = load_kernels()[0]
+    n_rays, n = origins.shape[0], ray_indices.numel()
+    keep = torch.zeros(n, dtype=torch.uint8)
+    if n == 0:
+        return keep.bool(), 0
+    counts = torch.bincount(ray_indices, minlength=n_rays)
+    first = torch.cumsum(counts, 0) - counts
+    rays = [t.detach().to(torch.float32).contiguous() for t in (origins, directions, ray_scale)]
+    ts = [t.detach().to(torch.float32).contiguous() for t in (t_starts, t_ends)]
+    field_args, alive = _field_args(*field_inputs)
+    chunks = split_range(n_rays, max(1, min(torch.get_num_threads(), n // MIN_SAMPLES_PER_THREAD)))
+    evaluated = torch.zeros(len(chunks), dtype=torch.int64)
+    status = torch.zeros(len(chunks), dtype=torch.int32)
+    head = (*(t.data_ptr() for t in rays), first.data_ptr(), counts.data_ptr(), *(t.data_ptr() for t in ts))
+    head = (*head, *field_args, mlp.data_ptr(), int(n_neurons), int(n_hidden), float(density_bias), float(height))
+    calls = []
+    for k, (a, b) in enumerate(chunks):
+        args = (a, b, *head, float(early_stop_eps), float(alpha_thre))
+        calls.append((lib.fused_visibility, (*args, keep.data_ptr(), evaluated[k:].data_ptr(), status[k:].data_ptr())))
+    run_calls(calls)
+    del alive
+    if bool(status.any()):
+        raise MemoryError("fused_visibility_cpu: the C kernel could not allocate its buffers")
+    return keep.bool(), int(evaluated.sum())
