@@ -244,6 +244,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.pool.load_state_dict(state["pool"])
             torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng") is not None and torch.cuda.is_available():  # density noise draws on the GPU
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
             self.step = int(state["step"])
             self.elapsed = float(state["elapsed_s"])
             self.history = list(state.get("history", []))
@@ -265,6 +267,7 @@ class Trainer:
             elapsed_s=self.elapsed,
             pool=self.pool.state_dict(),
             torch_rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             data=str(self.train_path),
             history=self.history,
             poses=self.refiner.state_dict() if self.refiner is not None else None,

@@ -234,8 +234,19 @@ def test_tcnn_backend_unavailable_is_a_user_error():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or not tcnn_available(), reason="needs CUDA and tinycudann")
-def test_tcnn_matches_torch():
-    cfg = HashGridConfig(n_levels=8, log2_hashmap_size=14, base_resolution=8, per_level_scale=1.7)
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        HashGridConfig(n_levels=8, log2_hashmap_size=14, base_resolution=8, per_level_scale=1.7),
+        # The demo preset's grid: its levels 1 and 2 have exactly integral scales (5.0, 8.0), where a GPU exp2f
+        # one ulp high would give tcnn other resolutions than ours (specs §A2); this shows whether it does.
+        HashGridConfig(
+            n_levels=8, n_features_per_level=2, log2_hashmap_size=14, base_resolution=4, per_level_scale=1.5
+        ),
+    ],
+    ids=["scale1.7", "demo"],
+)
+def test_tcnn_matches_torch(cfg):
     grid = MultiBoneHashGrid(3, cfg, backend="tcnn", init_scale=1.0).cuda()
     assert grid.backend_name == "tcnn"
     x = make_points(1000).cuda().requires_grad_(True)

@@ -75,6 +75,20 @@ def test_auto_picks_the_kernels_on_cpu_and_names_them():
     assert MultiBoneHashGrid(2, SMALL).backend_name == "cpu"
 
 
+@needs_kernels
+def test_cpu_backend_builds_on_a_cuda_machine_and_refuses_cuda_tensors_when_run(monkeypatch):
+    """Models are built on the CPU and moved later: on a machine with CUDA, ``--device cpu --backend cpu`` must
+    work, and the device is checked where the backend runs (a one-line error on CUDA tensors)."""
+    from fast_anerf.encoding.mlp import TcnnMLP
+    from fast_anerf.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    grid, mlp = MultiBoneHashGrid(2, SMALL, backend="cpu"), TcnnMLP(4, 2, backend="cpu")  # no error
+    assert grid.backend_name == "cpu" and mlp.backend_name == "torch"  # params on the CPU
+    with pytest.raises(UserError, match="backend 'cpu' runs on the CPU but the device is CUDA: pass --backend auto"):
+        resolve_backend("cpu", "cuda")
+
+
 def test_without_a_compiler_auto_falls_back_and_explicit_cpu_is_a_user_error(tmp_path):
     """A fresh process with CC pointing nowhere: auto gives torch, --backend cpu a one-line error."""
     code = (

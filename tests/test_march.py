@@ -1,6 +1,8 @@
 """Occupancy marching: the packed torch path against brute-force dense sampling, the C loop (CPU) and nerfacc's
 path (CUDA) against the torch path."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -133,6 +135,25 @@ def test_nerfacc_backend_refuses_cpu_tensors():
     occ, skts, rays_o, rays_d = _scene(n_rays=4)
     with pytest.raises(ValueError, match="needs CUDA tensors"):
         _march(occ, skts, rays_o, rays_d, 0.02, backend="nerfacc")
+
+
+def test_cuda_without_nerfaccs_kernels_falls_back_to_torch_with_one_warning(monkeypatch):
+    """nerfacc builds its CUDA kernels on first use; where that fails, CUDA tensors take the torch twin and the
+    user reads why once (not an AttributeError from nerfacc on the first training step)."""
+    from types import SimpleNamespace
+
+    from fast_anerf.sampling import volrend
+
+    monkeypatch.setattr(volrend, "nerfacc_cuda", lambda: (False, "nerfacc found no CUDA toolkit (nvcc)"))
+    volrend._warn_no_nerfacc.cache_clear()
+    on_cuda = SimpleNamespace(is_cuda=True)  # stands for a CUDA tensor: only .is_cuda is read
+    with pytest.warns(UserWarning, match=r"nerfacc's CUDA kernels are unavailable \(nerfacc found no CUDA toolkit"):
+        assert volrend.use_nerfacc(on_cuda) is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second call does not warn again
+        assert volrend.use_nerfacc(on_cuda) is False
+    assert volrend.use_nerfacc(torch.zeros(1)) is False  # CPU tensors never ask
+    volrend._warn_no_nerfacc.cache_clear()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="nerfacc's grid traversal needs CUDA")

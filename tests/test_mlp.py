@@ -134,7 +134,8 @@ def test_tcnn_matches_torch():
     mlp_t = TcnnMLP(32, 4, 64, 2, "ReLU", "None", backend="torch").cuda()
     mlp_t.load_state_dict(mlp.state_dict())
     y_t = mlp_t(x)
-    torch.testing.assert_close(y, y_t, rtol=1e-3, atol=1e-3)  # tcnn accumulates in fp16
+    # tcnn rounds inputs and weights to fp16 and accumulates in fp16: ~1e-3 of the output's scale (up to ~2 here).
+    torch.testing.assert_close(y, y_t, rtol=2e-3, atol=5e-3)
     g = torch.randn_like(y)
     (gp,) = torch.autograd.grad(y, [mlp.params], g)
     (gp_t,) = torch.autograd.grad(y_t, [mlp_t.params], g)

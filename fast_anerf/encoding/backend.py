@@ -44,19 +44,39 @@ def tcnn_available() -> bool:
     return tcnn_module() is not None
 
 
+def check_backend(requested: str) -> None:
+    """Whether ``requested`` can run on this machine at all, whatever the device (models are built on the CPU
+    and moved later): a one-line ``UserError`` for an unknown name, ``"cpu"`` without its C kernels, ``"tcnn"``
+    without tinycudann. Which device it needs is checked when it runs (``resolve_backend``)."""
+    if requested not in BACKENDS:
+        raise UserError(f"unknown backend {requested!r}: expected one of {', '.join(BACKENDS)}")
+    if requested == "cpu":
+        _, why = load_kernels()
+        if why:
+            raise UserError(f"backend 'cpu' was requested but its C kernels are unavailable: {why}; "
+                            "pass --backend torch (or auto)")  # fmt: skip
+    if requested == "tcnn":
+        mod, why = _import_tcnn()
+        if mod is None:
+            raise UserError(
+                f"backend 'tcnn' was requested but tinycudann is unavailable ({why}): pass --backend torch "
+                "(or auto), or install tinycudann: TCNN_CUDA_ARCHITECTURES=<cc> pip install --no-build-isolation "
+                "git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch"
+            )
+
+
 def resolve_backend(requested: str, device: torch.device | str | None = None) -> str:
     """Resolve a backend request to the one that will actually run: ``"torch"``, ``"cpu"`` or ``"tcnn"``.
 
     Args:
         requested: ``"auto"`` (tcnn when importable and ``device`` is CUDA; on a CPU device the C kernels
             when they build; else torch), ``"torch"``, ``"cpu"`` or ``"tcnn"``.
-        device: where the module's tensors will live; None means "CUDA if available".
+        device: where the module's tensors live; None means "CUDA if available".
 
     Raises:
-        UserError: an unknown name, or ``"tcnn"``/``"cpu"`` when it cannot run here (one line, with the fix).
+        UserError: ``check_backend``'s errors, or ``"cpu"`` on a CUDA device, ``"tcnn"`` on a CPU device.
     """
-    if requested not in BACKENDS:
-        raise UserError(f"unknown backend {requested!r}: expected one of {', '.join(BACKENDS)}")
+    check_backend(requested)
     if requested == "torch":
         return "torch"
     if device is None:
@@ -68,20 +88,9 @@ def resolve_backend(requested: str, device: torch.device | str | None = None) ->
             return "tcnn" if tcnn_available() else "torch"
         return "cpu" if cpu_kernels_available() else "torch"
     if requested == "cpu":
-        _, why = load_kernels()
-        if why:
-            raise UserError(f"backend 'cpu' was requested but its C kernels are unavailable: {why}; "
-                            "pass --backend torch (or auto)")  # fmt: skip
         if on_cuda:
             raise UserError("backend 'cpu' runs on the CPU but the device is CUDA: pass --backend auto or tcnn")
         return "cpu"
-    mod, why = _import_tcnn()
-    if mod is None:
-        raise UserError(
-            f"backend 'tcnn' was requested but tinycudann is unavailable ({why}): pass --backend torch "
-            "(or auto), or install tinycudann: TCNN_CUDA_ARCHITECTURES=<cc> pip install --no-build-isolation "
-            "git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch"
-        )
     if not on_cuda:
         raise UserError(
             f"backend 'tcnn' needs a CUDA device but the device is {torch.device(device)}: "

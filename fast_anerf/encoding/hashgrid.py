@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from fast_anerf.ckernels import thread_pool
-from fast_anerf.encoding.backend import resolve_backend, tcnn_module
+from fast_anerf.encoding.backend import check_backend, resolve_backend, tcnn_module
 from fast_anerf.encoding.hashgrid_cpu import hashgrid_cpu
 
 PRIMES = (1, 2654435761, 805459861)  # tcnn CoherentPrime for dims 0..2 (§A4)
@@ -383,7 +383,7 @@ class MultiBoneHashGrid(nn.Module):
         super().__init__()
         self.n_bones, self.config, self.backend = n_bones, config, backend
         self.inplace_grad = inplace_grad
-        resolve_backend(backend)  # fail now (one-line UserError) when "tcnn" cannot run on this machine
+        check_backend(backend)  # fail now (one-line UserError) when it cannot run on this machine
         self.params = nn.Parameter(torch.empty(n_bones, config.n_params).uniform_(-init_scale, init_scale))
         self._tcnn_native = None  # tcnn's native encoding object (no state), created on first CUDA call
 

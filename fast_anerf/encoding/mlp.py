@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fast_anerf.encoding.backend import resolve_backend, tcnn_module
+from fast_anerf.encoding.backend import check_backend, resolve_backend, tcnn_module
 from fast_anerf.encoding.hashgrid import TCNN_BATCH_GRANULARITY
 
 ALIGN = 16  # tcnn REQUIRED_ALIGNMENT for both FullyFusedMLP and CutlassMLP
@@ -89,7 +89,7 @@ class TcnnMLP(nn.Module):
         self.n_neurons, self.n_hidden_layers = n_neurons, n_hidden_layers
         self.activation, self.output_activation = activation, output_activation
         self.backend = backend
-        resolve_backend(backend)  # one-line UserError now when "tcnn" cannot run here
+        check_backend(backend)  # one-line UserError now when it cannot run on this machine
         in_pad, out_pad = _next_multiple(n_input_dims, ALIGN), _next_multiple(n_output_dims, ALIGN)
         if n_hidden_layers == 0:
             self.shapes = [(out_pad, in_pad)]
@@ -164,6 +164,8 @@ class TcnnMLP(nn.Module):
             self._tcnn_native = net.native_tcnn_module
             self._tcnn_dtype, self._tcnn_loss_scale = net.dtype, net.loss_scale
         n = len(x)
+        if n == 0:  # tcnn's CUTLASS path fails on empty batches (tcnn issue #275); keep params in the graph
+            return x.new_zeros(0, self.n_output_dims, dtype=torch.float32) + 0.0 * self.params.sum()
         pad = -n % TCNN_BATCH_GRANULARITY
         xp = torch.nn.functional.pad(x.to(torch.float32), (0, 0, 0, pad)) if pad else x.to(torch.float32)
         params = self.params.to(self._tcnn_dtype).contiguous()

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from fast_anerf.ckernels import I64, INT, PTR, load_library, run_calls, split_range
+from fast_anerf.sampling.volrend import nerfacc_cuda, use_nerfacc
 
 MARCH_SOURCE = Path(__file__).with_name("march_cpu.c")
 _MARCH_SIGNATURE = (("march_occupied", (I64, I64, INT, I64, *[PTR] * 9, INT, PTR, PTR, PTR)),)
@@ -163,10 +164,13 @@ def march_occupied(
     near, far, any_hit = ray_span(t_in, t_out, hit)
     jitter = _jitter(n_rays, stratified, generator, near)
     anchor, dt, n_cand = _fixed_step_grid(near, far, ray_scale, step, jitter, max_candidates)
-    use_nerfacc = backend == "nerfacc" or (backend == "auto" and t_in.is_cuda)
-    if use_nerfacc:
+    if backend == "nerfacc":
         if not t_in.is_cuda:
             raise ValueError("march_occupied: backend 'nerfacc' needs CUDA tensors; use backend 'torch' on CPU")
+        ok, why = nerfacc_cuda()
+        if not ok:
+            raise ValueError(f"march_occupied: nerfacc's CUDA kernels are unavailable ({why}); use backend 'torch'")
+    if backend == "nerfacc" or (backend == "auto" and use_nerfacc(t_in)):
         ray_indices, k_idx = _occupied_nerfacc(
             t_in, hit, ray_scale, origins, directions, occupancy, step, anchor, dt, far, any_hit, n_cand
         )
@@ -254,27 +258,28 @@ def _occupied_nerfacc(t_in, hit, ray_scale, origins, directions, occupancy, step
     aabbs = torch.cat([occupancy.box_min, occupancy.box_min + occupancy.box_size], dim=-1).float()  # [24, 6]
     keys = []
     for j in range(t_in.shape[1]):
-        mask = hit[:, j] & any_hit
-        if not bool(mask.any()):
+        # Only the rays that hit this bone's box (nerfacc 0.5.3 ignores rays_mask unless over-allocating).
+        rays = (hit[:, j] & any_hit).nonzero().squeeze(1)
+        if rays.numel() == 0:
             continue
         _, samples, _ = traverse_grids(
-            origins[:, j].float().contiguous(),
-            (directions[:, j] / ray_scale[:, None]).float().contiguous(),
+            origins[rays, j].float().contiguous(),
+            (directions[rays, j] / ray_scale[rays, None]).float().contiguous(),
             occupancy.binaries[j : j + 1].contiguous(),
             aabbs[j : j + 1].contiguous(),
-            near_planes=(anchor * scale).float().contiguous(),
-            far_planes=(far * scale).float().contiguous(),
+            near_planes=(anchor[rays] * scale[rays]).float().contiguous(),
+            far_planes=(far[rays] * scale[rays]).float().contiguous(),
             step_size=float(step),
             cone_angle=0.0,
-            rays_mask=mask.contiguous(),
         )
         ray = samples.ray_indices.long()
         t_mid = samples.vals
         if samples.is_valid is not None:
             ray, t_mid = ray[samples.is_valid], t_mid[samples.is_valid]
+        ray = rays[ray]  # back to the batch's ray ids
         k = torch.floor((t_mid.to(anchor.dtype) / ray_scale[ray] - anchor[ray]) / dt[ray]).long()
-        k = k.clamp(0, n_cand - 1)
-        keys.append(ray * n_cand + k)
+        inside = (k >= 0) & (k < n_cand)  # beyond the candidate cap: dropped, as the torch path does
+        keys.append(ray[inside] * n_cand + k[inside])
     if not keys:
         empty = torch.zeros(0, dtype=torch.long, device=t_in.device)
         return empty, empty

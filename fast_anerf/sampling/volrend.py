@@ -7,11 +7,51 @@ normalised (t is depth-like).
 On CUDA the weights come from ``nerfacc.render_weight_from_density`` (packed CUDA kernels); elsewhere from
 the torch twin below (nerfacc's packed ops need CUDA, see specs/tcnn_nerfacc.md §C2). Both compute
 ``alpha = 1 - exp(-sigma * delta)``, ``T = exp(-exclusive_sum(sigma * delta))``, ``w = T * alpha``.
+nerfacc builds its CUDA extension on first use (nvcc + ninja, minutes); where that fails, CUDA tensors take
+the torch twin too, with one warning (``nerfacc_cuda``).
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
+
+
+@functools.cache
+def nerfacc_cuda() -> tuple[bool, str]:
+    """Whether nerfacc's CUDA extension loads (building it the first time), and why not: ``(ok, reason)``.
+
+    nerfacc compiles its kernels on first import of ``nerfacc.cuda._backend``; without nvcc it sets the module
+    to None (every packed op then fails with an AttributeError), and a failed build raises. Callers with CUDA
+    tensors fall back to the PyTorch twins (same results, slower) and warn once.
+    """
+    if not torch.cuda.is_available():
+        return False, "no CUDA device"
+    try:
+        from nerfacc.cuda._backend import _C
+    except Exception as error:  # ImportError, a failed JIT build (RuntimeError, OSError, ...)
+        return False, f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+    if _C is None:
+        return False, "nerfacc found no CUDA toolkit (nvcc) to build its extension"
+    return True, ""
+
+
+def use_nerfacc(tensor: torch.Tensor) -> bool:
+    """True when ``tensor`` is on CUDA and nerfacc's kernels can run; on CUDA without them, warn once."""
+    if not tensor.is_cuda:
+        return False
+    ok, why = nerfacc_cuda()
+    if not ok:
+        _warn_no_nerfacc(why)
+    return ok
+
+
+@functools.cache
+def _warn_no_nerfacc(why: str) -> None:
+    message = f"nerfacc's CUDA kernels are unavailable ({why}): marching and compositing on the GPU use the "
+    warnings.warn(message + "plain-PyTorch path (same results, slower); install nvcc and ninja", stacklevel=3)
 
 
 def pack_info(ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
@@ -57,7 +97,7 @@ def render_weights(
         ``weights [P]``, ``transmittance [P]`` (before the sample), ``alphas [P]``.
     """
     scale = ray_scale.index_select(0, ray_indices) if ray_scale is not None else 1.0
-    if sigmas.is_cuda:
+    if use_nerfacc(sigmas):
         import nerfacc
 
         return nerfacc.render_weight_from_density(
@@ -120,7 +160,8 @@ def visibility_progressive(
     (transmittance ``>= early_stop_eps``), so a ray that stops after a few samples costs a few densities.
     Samples never evaluated lie behind a transmittance below ``early_stop_eps`` and would be dropped anyway,
     so the kept set equals ``visibility``'s. Worth it where the density costs (CPU); on CUDA nerfacc's
-    single pass is cheaper than the extra launches.
+    single pass is cheaper than the extra launches. With the fast field on the ``cpu`` backend the renderer
+    runs the same walk in C instead, one candidate at a time (``FastField.fused_visibility``).
 
     Args:
         sigma_fn: ``(indices [M]) -> sigmas [M]``: densities (per world unit) of the samples ``indices``.
