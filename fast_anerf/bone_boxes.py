@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from fast_anerf.skeleton import SMPL_PARENTS, children_of
+from fast_anerf.skeleton import SMPL_PARENTS, children_of, rigid_inverse
 
 WIDE_JOINTS = (0, 3, 6, 9, 15)  # pelvis, spine and head: wider than the limbs
 HEAD, LEFT_HAND, RIGHT_HAND, LEFT_FOOT, RIGHT_FOOT = 15, 22, 23, 10, 11
@@ -94,3 +94,27 @@ def ray_box_intervals(
     t_in = torch.minimum(t0, t1).amax(dim=-1).clamp_min(0.0)
     t_out = torch.maximum(t0, t1).amin(dim=-1)
     return t_in, t_out, t_out > t_in
+
+
+def posed_bounds(skts: torch.Tensor, box_min: torch.Tensor, box_max: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """World axis-aligned bounds ``lo [3]``, ``hi [3]`` of the union of the posed bone boxes of one pose.
+
+    Args:
+        skts: ``[J, 4, 4]`` world-to-joint transforms; box_min, box_max: ``[J, 3]`` joint-local boxes.
+    """
+    bits = torch.tensor([[(k >> a) & 1 for a in range(3)] for k in range(8)], dtype=box_min.dtype)  # [8, 3]
+    corners = box_min[:, None] + bits.to(box_min.device)[None] * (box_max - box_min)[:, None]  # [J, 8, 3]
+    l2ws = rigid_inverse(skts.to(box_min.dtype))
+    world = torch.einsum("jab,jkb->jka", l2ws[:, :3, :3], corners) + l2ws[:, None, :3, 3]
+    world = world.reshape(-1, 3)
+    return world.min(dim=0).values, world.max(dim=0).values
+
+
+def rays_hit_bounds(rays_o: torch.Tensor, rays_d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """``[R]`` bool: which world rays (``[R, 3]`` each) enter the box ``[lo, hi]`` at some ``t >= 0`` (slab test).
+
+    Meant with ``posed_bounds`` grown by a margin: a ray that misses it misses every posed bone box, so it
+    renders the background exactly, and whole images can skip the per-bone work for it.
+    """
+    t_in, t_out, hit = ray_box_intervals(rays_o[:, None], rays_d[:, None], lo[None], hi[None])
+    return hit[:, 0]

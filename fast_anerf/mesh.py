@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fast_anerf import bone_boxes
 from fast_anerf.errors import UserError
 
 SURFACE_THICKNESS = 0.01  # fraction of the skeleton height over which the opacity threshold is reached
@@ -42,16 +43,8 @@ def sigma_threshold(opacity: float, height: float, thickness: float = SURFACE_TH
 
 
 def posed_bounds(model, skts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """World axis-aligned bounds ``lo [3]``, ``hi [3]`` of the union of the posed bone boxes (``skts [24,4,4]``)."""
-    from fast_anerf.skeleton import rigid_inverse
-
-    lo, hi = model.box_min.cpu(), model.box_max.cpu()  # [24, 3] joint-local
-    bits = torch.tensor([[(k >> a) & 1 for a in range(3)] for k in range(8)], dtype=lo.dtype)  # [8, 3]
-    corners = lo[:, None] + bits[None] * (hi - lo)[:, None]  # [24, 8, 3]
-    l2ws = rigid_inverse(skts.cpu().float())
-    world = torch.einsum("jab,jkb->jka", l2ws[:, :3, :3], corners) + l2ws[:, None, :3, 3]
-    world = world.reshape(-1, 3)
-    return world.min(dim=0).values, world.max(dim=0).values
+    """``bone_boxes.posed_bounds`` of the model's boxes posed by ``skts [24, 4, 4]``, on the CPU."""
+    return bone_boxes.posed_bounds(skts.cpu().float(), model.box_min.cpu(), model.box_max.cpu())
 
 
 def _to_local(skts: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

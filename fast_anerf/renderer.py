@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fast_anerf.bone_boxes import ray_box_intervals
+from fast_anerf.bone_boxes import posed_bounds, ray_box_intervals, rays_hit_bounds
 from fast_anerf.data.rays import image_rays
 from fast_anerf.model import Character
 from fast_anerf.sampling.march import march_boxes, march_occupied
@@ -235,22 +235,29 @@ def render_image(
     rays_o, rays_d = image_rays(c2w.to(device), focal, center, height, width)
     if background is None:
         background = torch.ones(3, device=device)
-    bg = background.to(device).reshape(-1, 3).expand(height * width, 3) if background.dim() > 1 else background
-    out_rgb, out_acc, out_depth, total = [], [], [], 0
+    background = background.to(device)
+    bg = background.reshape(-1, 3).expand(height * width, 3) if background.dim() > 1 else background
     skts = skts.to(device)
-    for start in range(0, height * width, chunk):
-        sl = slice(start, start + chunk)
-        n = rays_o[sl].shape[0]
-        bg_chunk = bg[sl] if bg.dim() > 1 else bg.to(device)
-        codes = torch.full((n,), code_id, dtype=torch.long, device=device)
-        out = render_rays(model, rays_o[sl], rays_d[sl], skts, codes, bg_chunk, settings)
-        out_rgb.append(out["rgb"])
-        out_acc.append(out["acc"])
-        out_depth.append(out["depth"])
+    # Rays that miss the world bounds of the posed boxes meet no box: they render the background exactly. They
+    # are most pixels of a view, and their per-bone slab tests and marching took most of a viewer frame's time
+    # on the CPU (512x512: 275 of 500 ms).
+    lo, hi = posed_bounds(skts, model.box_min, model.box_max)
+    margin = 1e-3 * model.height  # float slack: the per-bone tests run in the bone frames
+    pixels = rays_hit_bounds(rays_o, rays_d, lo - margin, hi + margin).nonzero().squeeze(1)
+    rgb = bg.expand(height * width, 3).clone()
+    acc = torch.zeros(height * width, device=device)
+    depth = torch.zeros(height * width, device=device)
+    total = 0
+    for start in range(0, pixels.numel(), chunk):
+        sel = pixels[start : start + chunk]
+        bg_chunk = bg.index_select(0, sel) if bg.dim() > 1 else bg
+        codes = torch.full((sel.numel(),), code_id, dtype=torch.long, device=device)
+        out = render_rays(model, rays_o[sel], rays_d[sel], skts, codes, bg_chunk, settings)
+        rgb[sel], acc[sel], depth[sel] = out["rgb"], out["acc"], out["depth"]
         total += int(out["n_samples"])
     return {
-        "rgb": torch.cat(out_rgb).reshape(height, width, 3),
-        "acc": torch.cat(out_acc).reshape(height, width),
-        "depth": torch.cat(out_depth).reshape(height, width),
+        "rgb": rgb.reshape(height, width, 3),
+        "acc": acc.reshape(height, width),
+        "depth": depth.reshape(height, width),
         "n_samples": torch.tensor(total),
     }
