@@ -244,8 +244,9 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.pool.load_state_dict(state["pool"])
             torch.set_rng_state(state["torch_rng"])
-            if state.get("cuda_rng") is not None and torch.cuda.is_available():  # density noise draws on the GPU
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            cuda_rng = state.get("cuda_rng")  # density noise draws on the GPU; restored on the same GPU count
+            if cuda_rng is not None and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda_rng)
             self.step = int(state["step"])
             self.elapsed = float(state["elapsed_s"])
             self.history = list(state.get("history", []))
