@@ -36,7 +36,11 @@ from fast_anerf.skeleton import (
     skts_to_pose,
 )
 
-VIEW_CHUNK = 16384  # rays per render_rays call (see ViewerState)
+VIEW_CHUNK = 16384  # rays per render_rays call on the CPU (see ViewerState)
+# On a GPU a frame is bound by kernel launches and host syncs per render_rays call (nerfacc marches 24 bones per
+# call), not by arithmetic: the rays of a 512x512 frame that reach the body (~65k) in one call. Not yet measured
+# on a GPU (scripts/gpu_check.sh runs bench_view.py there).
+VIEW_CHUNK_CUDA = 65536
 MIN_RES, MAX_RES = 32, 2048  # render size limits in pixels (the longer image side)
 TRAINING = "training poses"  # name of the sequence read from the training data
 BACKGROUNDS: dict[str, tuple[float, float, float] | None] = {
@@ -266,7 +270,7 @@ class ViewerState:
         sequences: pose sequences to choose from; the first is shown first.
         settings, chunk: passed to ``render_image`` (default: the model's evaluation settings, and rays per
             chunk at least ``VIEW_CHUNK``: fewer, larger field calls; 16k rays measured 1.3x faster per frame
-            than 4k on CPU, with ~10 MB of temporaries).
+            than 4k on CPU, with ~10 MB of temporaries; ``VIEW_CHUNK_CUDA`` on a GPU).
     """
 
     def __init__(
@@ -281,7 +285,8 @@ class ViewerState:
         self.model = model
         self.sequences = {s.name: s for s in sequences}
         self.settings = settings or RenderSettings.from_train(model.config.train, training=False)
-        self.chunk = chunk or max(model.config.train.chunk_rays, VIEW_CHUNK)
+        on_gpu = model.box_min.device.type == "cuda"
+        self.chunk = chunk or max(model.config.train.chunk_rays, VIEW_CHUNK_CUDA if on_gpu else VIEW_CHUNK)
         self._lock = threading.Lock()
         self._sequence = sequences[0]
         self._frame = 0
