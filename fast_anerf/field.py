@@ -75,7 +75,7 @@ class FastField(nn.Module):
     """Per-bone hash-grid radiance field of an articulated body. See the module docstring."""
 
     field_type = "fast"
-    fuse_no_grad = True  # without gradients on the cpu backend, encode with one fused C call (tests turn it off)
+    fuse_no_grad = True  # cpu backend: fused C encoding without gradients and fused visibility (tests turn it off)
 
     def __init__(
         self,
