@@ -98,19 +98,28 @@ class RefinablePoses(nn.Module):
         err = (self.anchor_rot6d[pose_ids, 1:] - self.rot6d(pose_ids)[:, 1:]).pow(2)
         return coef * (err - tol).clamp_min(0.0).sum(dim=-1).mean()
 
-    def temporal_loss(self, pose_ids: torch.Tensor, prev_ids: torch.Tensor, next_ids: torch.Tensor,
-                      valid: torch.Tensor, coef: float = 0.05) -> torch.Tensor:  # fmt: skip
+    def temporal_loss(
+        self,
+        pose_ids: torch.Tensor,
+        prev_ids: torch.Tensor,
+        next_ids: torch.Tensor,
+        valid: torch.Tensor,
+        coef: float = 0.05,
+        cur_kp: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Constant-velocity prior (A-NeRF's ``--use_temp_loss``) on rows ``pose_ids [B]``.
 
         ``prev_ids``/``next_ids [B]`` are the neighbouring rows, ``valid [B]`` whether both are consecutive
-        frames of the same sequence. Neighbours are detached, as in A-NeRF. Returns a scalar.
+        frames of the same sequence; ``cur_kp [B, 24, 3]``: the rows' joints if already computed (``forward``).
+        Neighbours are detached, as in A-NeRF. Returns a scalar.
         """
         if not bool(valid.any()):
             return torch.zeros((), device=self.root.device)
-        cur_rot, cur_kp = self.rot6d(pose_ids), self.forward(pose_ids)[0]
-        with torch.no_grad():
-            prev_rot, prev_kp = self.rot6d(prev_ids), self.forward(prev_ids)[0]
-            next_rot, next_kp = self.rot6d(next_ids), self.forward(next_ids)[0]
+        cur_rot = self.rot6d(pose_ids)
+        cur_kp = self.forward(pose_ids)[0] if cur_kp is None else cur_kp
+        with torch.no_grad():  # both neighbours in one forward kinematics
+            prev_rot, next_rot = self.rot6d(prev_ids), self.rot6d(next_ids)
+            prev_kp, next_kp = self.forward(torch.cat([prev_ids, next_ids]))[0].split(len(pose_ids))
         # Squared norm per joint, mean over rows x joints (as A-NeRF's per-ray mean), so the weight does not
         # grow with the number of joints.
         ang = ((cur_rot - prev_rot) - (next_rot - cur_rot)).pow(2).sum(dim=-1)  # [B, 24]
@@ -178,12 +187,11 @@ class PoseRefiner:
         if not self.active(step):
             with torch.no_grad():
                 return self.poses(unique_rows)[1][inverse], torch.zeros((), device=rows.device)
-        _, skts = self.poses(unique_rows)
+        kp3d, skts = self.poses(unique_rows)
         loss = self.poses.hinge_regulariser(unique_rows, self.reg_tol, self.reg_coef)
         if self.temp_coef > 0:
-            loss = loss + self.poses.temporal_loss(
-                unique_rows, self.prev[unique_rows], self.next[unique_rows], self.valid[unique_rows], self.temp_coef
-            )
+            neighbours = (self.prev[unique_rows], self.next[unique_rows], self.valid[unique_rows])
+            loss = loss + self.poses.temporal_loss(unique_rows, *neighbours, self.temp_coef, cur_kp=kp3d)
         return skts[inverse], loss
 
     def after_backward(self, step: int) -> None:

@@ -64,8 +64,12 @@ def test_temporal_loss_is_zero_for_constant_velocity():
     assert float(zero.detach()) < 1e-10
     root_acc = root.clone()
     root_acc[:, 0] = 0.1 * t**2  # accelerating
-    moving = RefinablePoses(bones, root_acc, REST).temporal_loss(ids, ids - 1, ids + 1, torch.ones(4, dtype=bool))
+    accelerating = RefinablePoses(bones, root_acc, REST)
+    moving = accelerating.temporal_loss(ids, ids - 1, ids + 1, torch.ones(4, dtype=bool))
     assert float(moving.detach()) > 1e-4
+    # The refiner passes the joints it already has (one forward kinematics less): the same loss.
+    given = accelerating.temporal_loss(ids, ids - 1, ids + 1, torch.ones(4, dtype=bool), cur_kp=accelerating(ids)[0])
+    assert torch.equal(given, moving)
 
 
 def test_temporal_neighbours_from_paths():
@@ -169,3 +173,37 @@ def test_eval_json_reports_the_refined_pose_errors(tmp_path, tiny_data):
     for when in ("before", "after"):
         for key in ("mpjpe_mm", "pa_mpjpe_mm", "abs_mpjpe_mm"):
             assert poses[when][key] == pytest.approx(summary["poses"][when][key], rel=1e-5)
+
+
+def _forward_kinematics_joint_by_joint(rest, rotations, root):
+    """The obviously correct reference: each joint composes its parent's global transform, one at a time."""
+    from fast_anerf.skeleton import SMPL_PARENTS
+
+    rot, pos = [rotations[..., 0, :, :]], [rest[0].expand(*rotations.shape[:-3], 3)]
+    for j in range(1, 24):
+        p = SMPL_PARENTS[j]
+        rot.append(rot[p] @ rotations[..., j, :, :])
+        pos.append(pos[p] + (rot[p] @ (rest[j] - rest[p])[:, None])[..., 0])
+    pos = torch.stack(pos, -2) - rest[0] + root[..., None, :]
+    return pos, torch.stack(rot, -3)
+
+
+@pytest.mark.parametrize("batch", [(), (7,), (2, 3)])
+def test_forward_kinematics_by_depth_equals_joint_by_joint(batch):
+    """FK runs one tree depth at a time (9 batched steps for 24 joints); same joints, rotations and gradients."""
+    from fast_anerf.skeleton import forward_kinematics
+
+    g = torch.Generator().manual_seed(len(batch))
+    rest = torch.randn(24, 3, generator=g, dtype=torch.float64) * 0.3
+    bones = torch.randn(*batch, 24, 3, generator=g, dtype=torch.float64).requires_grad_(True)
+    root = torch.randn(*batch, 3, generator=g, dtype=torch.float64)
+    kp3d, l2ws = forward_kinematics(rest, axis_angle_to_matrix(bones), root)
+    ref_kp3d, ref_rot = _forward_kinematics_joint_by_joint(rest, axis_angle_to_matrix(bones), root)
+    torch.testing.assert_close(kp3d, ref_kp3d, rtol=0, atol=1e-12)
+    torch.testing.assert_close(l2ws[..., :3, :3], ref_rot, rtol=0, atol=1e-12)
+    torch.testing.assert_close(l2ws[..., :3, 3], kp3d, rtol=0, atol=0)
+    weights = torch.randn(kp3d.shape, generator=g, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((kp3d * weights).sum() + l2ws[..., :3, :3].sum(), bones)
+    (ref_grad,) = torch.autograd.grad((ref_kp3d * weights).sum() + ref_rot.sum(), bones)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+    assert float(grad.abs().max()) > 0.1
