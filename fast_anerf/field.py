@@ -172,7 +172,7 @@ class FastField(nn.Module):
 
     def _codes(self, code_ids: torch.Tensor) -> torch.Tensor:
         table = self.frame_codes.weight
-        codes = table[code_ids.clamp_min(0)]
+        codes = table.index_select(0, code_ids.clamp_min(0))
         unseen = code_ids < 0  # frames never seen in training use the mean code (as A-NeRF)
         if unseen.any():
             codes = torch.where(unseen[:, None], table.mean(dim=0, keepdim=True).expand_as(codes), codes)

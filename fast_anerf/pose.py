@@ -186,13 +186,14 @@ class PoseRefiner:
         unique_rows, inverse = rows.unique(return_inverse=True)
         if not self.active(step):
             with torch.no_grad():
-                return self.poses(unique_rows)[1][inverse], torch.zeros((), device=rows.device)
+                return self.poses(unique_rows)[1].index_select(0, inverse), torch.zeros((), device=rows.device)
         kp3d, skts = self.poses(unique_rows)
         loss = self.poses.hinge_regulariser(unique_rows, self.reg_tol, self.reg_coef)
         if self.temp_coef > 0:
             neighbours = (self.prev[unique_rows], self.next[unique_rows], self.valid[unique_rows])
             loss = loss + self.poses.temporal_loss(unique_rows, *neighbours, self.temp_coef, cur_kp=kp3d)
-        return skts[inverse], loss
+        # index_select: its backward (index_add) is ~6x faster than that of skts[inverse] (index_put) here.
+        return skts.index_select(0, inverse), loss
 
     def after_backward(self, step: int) -> None:
         """Step the pose optimiser every ``step_every`` active steps (gradients accumulate in between)."""
