@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
-from fast_anerf.bone_boxes import posed_bounds, ray_box_intervals, rays_hit_bounds
+from fast_anerf.bone_boxes import posed_bounds, rays_hit_bounds
 from fast_anerf.data.rays import image_rays
 from fast_anerf.model import Character
-from fast_anerf.sampling.march import march_boxes, march_occupied
+from fast_anerf.sampling.march import box_intervals, march_boxes, march_occupied
 from fast_anerf.sampling.volrend import accumulate, render_weights, visibility, visibility_progressive
 
 
@@ -94,7 +94,7 @@ def render_rays(
     """
     origins, directions = rays_to_bones(rays_o, rays_d, skts)
     # Sample placement is not differentiated (poses get gradients through the samples' bone coordinates).
-    t_in, t_out, hit = ray_box_intervals(origins.detach(), directions.detach(), model.box_min, model.box_max)
+    t_in, t_out, hit = box_intervals(origins.detach(), directions.detach(), model.box_min, model.box_max)
     ray_scale = rays_d.norm(dim=-1)  # world length per unit of t
     height = model.height
     occupancy = getattr(model, "occupancy", None)

@@ -125,6 +125,34 @@ def test_cpu_marching_equals_torch_marching(stratified, threads, monkeypatch):
         torch.set_num_threads(previous)
 
 
+@needs_march_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_box_intervals_equal_the_pytorch_slab_test(threads, monkeypatch):
+    """``march.box_intervals`` (C) gives ``bone_boxes.ray_box_intervals``' bits, axis-parallel rays included."""
+    from fast_anerf.sampling.march import box_intervals
+
+    monkeypatch.setattr("fast_anerf.sampling.march.MIN_RAYS_PER_THREAD", 16)  # rays split in chunks
+    occ, skts, rays_o, rays_d = _scene(n_rays=3000, dtype=torch.float32)
+    rays_d[:100, 0] = 0.0  # parallel to a world axis (the bone frames are rotated: tiny, not zero, there)
+    origins, directions = rays_to_bones(rays_o, rays_d, skts)
+    directions[:50, :, 1] = 0.0  # exactly parallel to a box face
+    directions[50:100, :, 2] = -0.0
+    origins[100:150] = occ.box_min + 0.5 * occ.box_size  # starting inside every box
+    box_max = occ.box_min + occ.box_size
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fast = box_intervals(origins, directions, occ.box_min, box_max)
+    finally:
+        torch.set_num_threads(previous)
+    slow = ray_box_intervals(origins, directions, occ.box_min, box_max)
+    for got, want in zip(fast, slow, strict=True):
+        assert torch.equal(got, want)
+    assert 0.05 < float(slow[2].float().mean()) < 0.9 and bool(slow[2][100:150].all())
+    float64 = box_intervals(origins.double(), directions.double(), occ.box_min.double(), box_max.double())
+    assert float64[0].dtype == torch.float64  # float64 takes the PyTorch function
+
+
 def test_cpu_marching_refuses_what_it_cannot_run():
     occ, skts, rays_o, rays_d = _scene(n_rays=4)  # float64
     with pytest.raises(ValueError, match="backend 'cpu' cannot run here .*use backend 'torch'"):

@@ -29,12 +29,42 @@ from pathlib import Path
 
 import torch
 
+from fast_anerf.bone_boxes import ray_box_intervals
 from fast_anerf.ckernels import I64, INT, PTR, load_library, run_calls, split_range
 from fast_anerf.sampling.volrend import nerfacc_cuda, use_nerfacc
 
 MARCH_SOURCE = Path(__file__).with_name("march_cpu.c")
-_MARCH_SIGNATURE = (("march_occupied", (I64, I64, INT, I64, *[PTR] * 9, INT, PTR, PTR, PTR)),)
+_MARCH_SIGNATURE = (
+    ("march_occupied", (I64, I64, INT, I64, *[PTR] * 9, INT, PTR, PTR, PTR)),
+    ("ray_box_intervals", (I64, I64, INT, *[PTR] * 7)),
+)
 MIN_RAYS_PER_THREAD = 512
+
+
+def box_intervals(
+    origins: torch.Tensor, directions: torch.Tensor, box_min: torch.Tensor, box_max: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``bone_boxes.ray_box_intervals`` (same arguments and results), in one C loop for float32 CPU tensors.
+
+    The PyTorch slab test runs ~12 ops over ``[R, 24, 3]`` temporaries: 39 ms of a 512x512 viewer frame (the
+    ~65k rays within the body's bounds) on this 2-core CPU. Elsewhere (CUDA, float64, no compiler) it is the
+    PyTorch function itself.
+    """
+    lib = load_library(MARCH_SOURCE, _MARCH_SIGNATURE)[0]
+    tensors = (origins, directions, box_min, box_max)
+    if lib is None or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return ray_box_intervals(origins, directions, box_min, box_max)
+    o, d, lo, hi = (t.detach().contiguous() for t in tensors)
+    n_rays, n_bones = o.shape[:2]
+    t_in = torch.empty(n_rays, n_bones)
+    t_out = torch.empty(n_rays, n_bones)
+    hit = torch.empty(n_rays, n_bones, dtype=torch.bool)
+    ptrs = [t.data_ptr() for t in (o, d, lo, hi, t_in, t_out, hit)]
+    threads = max(1, min(torch.get_num_threads(), n_rays // (16 * MIN_RAYS_PER_THREAD)))
+    calls = [(lib.ray_box_intervals, (a, b, n_bones, *ptrs)) for a, b in split_range(n_rays, threads)]
+    if calls:
+        run_calls(calls)
+    return t_in, t_out, hit
 
 
 def ray_span(t_in: torch.Tensor, t_out: torch.Tensor, hit: torch.Tensor):

@@ -54,3 +54,30 @@ void march_occupied(int64_t start, int64_t stop, int J, int64_t K, const float *
         }
     }
 }
+
+/* bone_boxes.ray_box_intervals for rays [start, stop) (its C twin, same float32 operations): per ray and bone j,
+ * slabs t0 = (box_min - o) * inv, t1 = (box_max - o) * inv with inv = 1 / d (d replaced by 1e-12 where
+ * |d| < 1e-12), t_in = max over axes of min(t0, t1), clamped to >= 0, t_out = min over axes of max(t0, t1),
+ * hit = t_out > t_in. origins, directions [n_rays, J, 3]; box_min, box_max [J, 3]; t_in, t_out [n_rays, J]
+ * float32 and hit [n_rays, J] uint8 written here. (Finite inputs: NaN propagates differently than in torch.) */
+void ray_box_intervals(int64_t start, int64_t stop, int J, const float *origins, const float *directions,
+                       const float *box_min, const float *box_max, float *t_in, float *t_out, uint8_t *hit) {
+    for (int64_t r = start; r < stop; ++r)
+        for (int j = 0; j < J; ++j) {
+            const int64_t h = r * J + j;
+            float lo = -INFINITY, hi = INFINITY;
+            for (int e = 0; e < 3; ++e) {
+                const float d = directions[3 * h + e];
+                const float inv = 1.0f / (fabsf(d) < 1e-12f ? 1e-12f : d);
+                const float t0 = (box_min[3 * j + e] - origins[3 * h + e]) * inv;
+                const float t1 = (box_max[3 * j + e] - origins[3 * h + e]) * inv;
+                const float near = t0 < t1 ? t0 : t1, far = t0 < t1 ? t1 : t0;
+                lo = near > lo ? near : lo;
+                hi = far < hi ? far : hi;
+            }
+            lo = lo < 0.0f ? 0.0f : lo;
+            t_in[h] = lo;
+            t_out[h] = hi;
+            hit[h] = hi > lo;
+        }
+}
