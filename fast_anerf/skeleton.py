@@ -118,21 +118,17 @@ def forward_kinematics(
     # Accumulated one tree depth at a time: every joint of a depth takes its parent's global rotation and
     # position from the previous depth in one batched product (9 depths for SMPL's 24 joints; joint by joint
     # was ~140 small ops, whose autograd dominated pose refinement's forward kinematics).
-    levels, order = _depth_levels(tuple(max(p, 0) if j else -1 for j, p in enumerate(parents[:n_joints])))
-    device = rotations.device
+    parents = tuple(max(p, 0) if j else -1 for j, p in enumerate(parents[:n_joints]))
+    levels, order = _depth_indices(parents, str(rotations.device))
     level_rot = [rotations[..., :1, :, :]]  # [..., 1, 3, 3] the root's global rotation
     level_pos = [rest_pose[..., :1, :]]
-    for joints, parent_slots in levels:
-        joints_t = torch.tensor(joints, device=device)
-        slots = torch.tensor(parent_slots, device=device)  # the parents' places in the previous depth
+    for joints, parent_joints, slots in levels:  # slots: the parents' places in the previous depth
         parent_rot = level_rot[-1].index_select(-3, slots)
-        offset = rest_pose.index_select(-2, joints_t) - rest_pose.index_select(-2, torch.tensor(
-            [parents[j] for j in joints], device=device))  # fmt: skip
+        offset = rest_pose.index_select(-2, joints) - rest_pose.index_select(-2, parent_joints)  # [..., k, 3]
         level_pos.append(level_pos[-1].index_select(-2, slots) + (parent_rot @ offset.unsqueeze(-1)).squeeze(-1))
-        level_rot.append(parent_rot @ rotations.index_select(-3, joints_t))
-    order_t = torch.tensor(order, device=device)  # joint j's place in the depth-ordered concatenation
-    rot = torch.cat(level_rot, dim=-3).index_select(-3, order_t)  # [..., 24, 3, 3]
-    pos = torch.cat(level_pos, dim=-2).index_select(-2, order_t)  # [..., 24, 3]
+        level_rot.append(parent_rot @ rotations.index_select(-3, joints))
+    rot = torch.cat(level_rot, dim=-3).index_select(-3, order)  # [..., 24, 3, 3] back in joint order
+    pos = torch.cat(level_pos, dim=-2).index_select(-2, order)  # [..., 24, 3]
     pos = pos - pos[..., :1, :] + root_position.unsqueeze(-2)
     top = torch.cat([rot, pos.unsqueeze(-1)], dim=-1)
     bottom = torch.zeros_like(top[..., :1, :])
@@ -141,18 +137,23 @@ def forward_kinematics(
 
 
 @functools.cache
-def _depth_levels(parents: tuple[int, ...]) -> tuple[list[tuple[list[int], list[int]]], list[int]]:
-    """Joints grouped by tree depth for ``forward_kinematics``: ``[(joints, parents' places in the previous
-    depth's list)]`` for depths 1.., and each joint's place in the concatenation of all depths (root first)."""
+def _depth_indices(parents: tuple[int, ...], device: str) -> tuple[list[tuple[torch.Tensor, ...]], torch.Tensor]:
+    """Joints grouped by tree depth for ``forward_kinematics``, as index tensors on ``device``: per depth 1..
+    ``(joints, their parents, the parents' places in the previous depth's list)``, and each joint's place in
+    the concatenation of all depths (root first)."""
     depth = [0] * len(parents)
     for j in range(1, len(parents)):
         if not 0 <= parents[j] < j:
             raise ValueError(f"forward_kinematics: parents must precede their children, got {parents[j]} for {j}")
         depth[j] = depth[parents[j]] + 1
     by_depth = [[j for j in range(len(parents)) if depth[j] == d] for d in range(max(depth) + 1)]
-    levels = [(by_depth[d], [by_depth[d - 1].index(parents[j]) for j in by_depth[d]]) for d in range(1, len(by_depth))]
+    levels = []
+    for d in range(1, len(by_depth)):
+        joints = by_depth[d]
+        slots = [by_depth[d - 1].index(parents[j]) for j in joints]
+        levels.append(tuple(torch.tensor(v, device=device) for v in (joints, [parents[j] for j in joints], slots)))
     flat = [j for joints in by_depth for j in joints]
-    return levels, [flat.index(j) for j in range(len(parents))]
+    return levels, torch.tensor([flat.index(j) for j in range(len(parents))], device=device)
 
 
 def skts_to_pose(skts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
