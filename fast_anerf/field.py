@@ -144,8 +144,7 @@ class FastField(nn.Module):
         """
         occ = self.blend_mask if masked else None
         if self.fuse_no_grad and not torch.is_grad_enabled() and self.grid.backend_name == "cpu":
-            args = (self.box_min, self.box_size, self.cfg.blend_margin, self.grid.params, self.grid.config)
-            mask = (occ.binaries, occ.resolution) if occ is not None else None
+            *args, mask = self._kernel_inputs(occ)
             blended, weight_sum, d_sum = blend_encode_cpu(x_local, d_local, *args, mask=mask)
         else:
             u = (x_local - self.box_min) / self.box_size  # [N, 24, 3] box-normalised
@@ -229,14 +228,18 @@ class FastField(nn.Module):
         ``density()``'s up to the MLP's float summation order (``hashgrid_cpu.fused_visibility_cpu``).
         """
         mlp = self.density_mlp
-        if not (self.fuse_no_grad and self.grid.backend_name == "cpu" and mlp.activation == "ReLU"):
+        relu = mlp.activation == "ReLU" and mlp.output_activation == "None"
+        if not (self.fuse_no_grad and self.grid.backend_name == "cpu" and relu):
             return None
         weights = relu_mlp_first_output_weights(mlp.layer_weights(), mlp.n_input_dims)
-        if weights is None or mlp.output_activation != "None":
+        if weights is None:
             return None
-        occ = self.blend_mask
-        mask = (occ.binaries, occ.resolution) if occ is not None else None
-        inputs = (self.box_min, self.box_size, self.cfg.blend_margin, self.grid.params, self.grid.config, mask)
         args = (weights, mlp.n_neurons, mlp.n_hidden_layers, self.cfg.density_bias, self.height)
         rays = (origins, directions, ray_scale, ray_indices, t_starts, t_ends)
-        return fused_visibility_cpu(*rays, inputs, *args, early_stop_eps, alpha_thre)
+        return fused_visibility_cpu(*rays, self._kernel_inputs(self.blend_mask), *args, early_stop_eps, alpha_thre)
+
+    def _kernel_inputs(self, occ) -> tuple:
+        """What the C kernels read of the encoding: ``(box_min, box_size, margin, params, config, mask)``, the
+        mask ``(binaries, resolution)`` of occupancy grids ``occ`` or None (an unmasked blend)."""
+        mask = (occ.binaries, occ.resolution) if occ is not None else None
+        return self.box_min, self.box_size, self.cfg.blend_margin, self.grid.params, self.grid.config, mask

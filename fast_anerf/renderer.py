@@ -94,13 +94,14 @@ def render_rays(
     """
     origins, directions = rays_to_bones(rays_o, rays_d, skts)
     # Sample placement is not differentiated (poses get gradients through the samples' bone coordinates).
-    t_in, t_out, hit = box_intervals(origins.detach(), directions.detach(), model.box_min, model.box_max)
+    o, d = origins.detach(), directions.detach()
+    t_in, t_out, hit = box_intervals(o, d, model.box_min, model.box_max)
     ray_scale = rays_d.norm(dim=-1)  # world length per unit of t
     height = model.height
     occupancy = getattr(model, "occupancy", None)
     if settings.occupancy and occupancy is not None and settings.n_samples == 0:
         ray_idx, t_starts, t_ends = march_occupied(
-            t_in, t_out, hit, ray_scale, origins.detach(), directions.detach(), occupancy,
+            t_in, t_out, hit, ray_scale, o, d, occupancy,
             step=settings.step_size * height, stratified=settings.stratified, generator=generator,
         )  # fmt: skip
         n_candidates = ray_idx.numel()
@@ -111,13 +112,12 @@ def render_rays(
             thresholds = (settings.early_stop_eps, alpha_thre)
             fused = None
             if not ray_idx.is_cuda and hasattr(model.field, "fused_visibility"):  # all of it in one C call
-                o, d = origins.detach(), directions.detach()
                 fused = model.field.fused_visibility(o, d, ray_scale, ray_idx, t_starts, t_ends, *thresholds)
             if fused is not None:
                 (keep, n_candidates), colour = fused, None
             else:
                 # Without gradients (rendering) this pass computes colour too and is the only one.
-                rays = (origins, directions, ray_scale, code_ids)
+                rays = (o, d, ray_scale, code_ids)
                 with_colour = not torch.is_grad_enabled()
                 keep, n_candidates, colour = _visible_samples(
                     model, *rays, ray_idx, t_starts, t_ends, thresholds, with_colour
@@ -153,7 +153,8 @@ def render_rays(
 def _visible_samples(
     model, origins, directions, ray_scale, code_ids, ray_idx, t_starts, t_ends, thresholds, with_colour: bool
 ):
-    """The visibility pass through the field's PyTorch path: ``(keep [P], densities evaluated, colour)``.
+    """The visibility pass through the field's PyTorch path: ``(keep [P], densities evaluated, colour)``; the
+    rays in the bone frames (``origins``, ``directions [R, 24, 3]``) come detached.
 
     CUDA: one density pass over all candidates (nerfacc's way; cheap on a GPU). CPU: front to back, only until
     each ray is opaque (``visibility_progressive``: the same samples, far fewer densities). ``with_colour``
@@ -164,12 +165,11 @@ def _visible_samples(
     sigma_all = ray_scale.new_zeros(n_candidates) if with_colour else None
     rgb_all = ray_scale.new_zeros(n_candidates, 3) if with_colour else None
     t_mid = 0.5 * (t_starts + t_ends)
-    o, d = origins.detach(), directions.detach()
 
     def sigma_fn(sel: torch.Tensor) -> torch.Tensor:
         ray = ray_idx.index_select(0, sel)
-        d_ray = d.index_select(0, ray)  # index_select: ~2x faster than d[ray] on CPU
-        x = o.index_select(0, ray) + t_mid.index_select(0, sel)[:, None, None] * d_ray
+        d_ray = directions.index_select(0, ray)  # index_select: ~2x faster than directions[ray] on CPU
+        x = origins.index_select(0, ray) + t_mid.index_select(0, sel)[:, None, None] * d_ray
         if not with_colour:
             return model.field.density(x)
         scale = ray_scale.index_select(0, ray)[:, None, None]

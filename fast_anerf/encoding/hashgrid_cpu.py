@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from fast_anerf.ckernels import DOUBLE, FLOAT, I64, INT, PTR, load_library, run_calls, split_range
+from fast_anerf.sampling.volrend import pack_info
 
 SOURCE = Path(__file__).with_name("hashgrid_cpu.c")
 MIN_POINTS_PER_THREAD = 4096  # below this, one call: thread hand-off costs more than it saves
@@ -258,8 +259,7 @@ def fused_visibility_cpu(
     keep = torch.zeros(n, dtype=torch.uint8)
     if n == 0:
         return keep.bool(), 0
-    counts = torch.bincount(ray_indices, minlength=n_rays)
-    first = torch.cumsum(counts, 0) - counts
+    first, counts = pack_info(ray_indices, n_rays).T.contiguous()  # [n_rays] each: first candidate, count
     rays = [t.detach().to(torch.float32).contiguous() for t in (origins, directions, ray_scale)]
     ts = [t.detach().to(torch.float32).contiguous() for t in (t_starts, t_ends)]
     field_args, alive = _field_args(*field_inputs)

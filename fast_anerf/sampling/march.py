@@ -50,10 +50,10 @@ def box_intervals(
     ~65k rays within the body's bounds) on this 2-core CPU. Elsewhere (CUDA, float64, no compiler) it is the
     PyTorch function itself.
     """
-    lib = load_library(MARCH_SOURCE, _MARCH_SIGNATURE)[0]
     tensors = (origins, directions, box_min, box_max)
-    if lib is None or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+    if not _cpu_march_usable(*tensors):
         return ray_box_intervals(origins, directions, box_min, box_max)
+    lib = load_library(MARCH_SOURCE, _MARCH_SIGNATURE)[0]
     o, d, lo, hi = (t.detach().contiguous() for t in tensors)
     n_rays, n_bones = o.shape[:2]
     t_in = torch.empty(n_rays, n_bones)
@@ -249,9 +249,9 @@ def _occupied_torch(t_in, t_out, hit, origins, directions, occupancy, anchor, dt
     return keep.view(n_rays, n_cand).nonzero(as_tuple=True)  # row-major: sorted by ray, then t
 
 
-def _cpu_march_usable(t_in: torch.Tensor, origins: torch.Tensor) -> bool:
-    """The C loop reads float32 CPU arrays (the training dtype) and needs its library to build."""
-    if t_in.device.type != "cpu" or t_in.dtype != torch.float32 or origins.dtype != torch.float32:
+def _cpu_march_usable(*tensors: torch.Tensor) -> bool:
+    """The C loops read float32 CPU arrays (the training dtype) and need their library to build."""
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
         return False
     return load_library(MARCH_SOURCE, _MARCH_SIGNATURE)[0] is not None
 
