@@ -7,9 +7,9 @@
  * its time writing and re-reading [8, N] temporaries level by level; here one point's 8 corners stay in
  * registers (~10x fewer memory passes).
  *
- * Threads: none here. Callers split the work (points for the forward and the x gradient, levels for the table
- * gradient, which keeps every entry written by one thread: deterministic) and call from Python threads; ctypes
- * releases the GIL during the call.
+ * Threads: each ``*_piece`` function works on a range; the exported kernels at the end of the file split it over
+ * OpenMP threads (ckernels.h): points for the forward and the x gradient, levels for the table gradient, which
+ * keeps every entry written by one thread (deterministic). ctypes releases the GIL during a call.
  *
  * Arrays (all contiguous): x [n, 3] float32 (bone-box coordinates), base [n] int64 (bone * n_entries),
  * table [n_bones * n_entries * F] float32, per level: scale [L] double, mult [L * 3] uint32 (1, res, res^2 when
@@ -75,7 +75,7 @@ static inline int block_corners(const float *x, const int64_t *base, int64_t i0,
 }
 
 /* out [n, L * F]: features of points [start, stop). */
-void hg_forward(int64_t start, int64_t stop, const float *x, const int64_t *base, const float *table, int F,
+static void hg_forward_piece(int64_t start, int64_t stop, const float *x, const int64_t *base, const float *table, int F,
                 int L, const double *scale, const uint32_t *mult, const int32_t *dense, const uint32_t *size,
                 const int64_t *offset, float *out) {
     Corners c[BLOCK];
@@ -95,7 +95,7 @@ void hg_forward(int64_t start, int64_t stop, const float *x, const int64_t *base
 }
 
 /* grad_table += d loss / d table for levels [l_start, l_stop) and all n points (levels own disjoint entries). */
-void hg_backward_table(int64_t n, int l_start, int l_stop, const float *x, const int64_t *base,
+static void hg_backward_table_piece(int64_t n, int l_start, int l_stop, const float *x, const int64_t *base,
                        const float *grad_out, int F, int L, const double *scale, const uint32_t *mult,
                        const int32_t *dense, const uint32_t *size, const int64_t *offset, float *grad_table) {
     Corners c[BLOCK];
@@ -111,7 +111,7 @@ void hg_backward_table(int64_t n, int l_start, int l_stop, const float *x, const
 }
 
 /* grad_x [n, 3] = d loss / d x for points [start, stop): d pos / d x = scale, d w / d frac from the corners. */
-void hg_backward_x(int64_t start, int64_t stop, const float *x, const int64_t *base, const float *table,
+static void hg_backward_x_piece(int64_t start, int64_t stop, const float *x, const int64_t *base, const float *table,
                    const float *grad_out, int F, int L, const double *scale, const uint32_t *mult,
                    const int32_t *dense, const uint32_t *size, const int64_t *offset, float *grad_x) {
     Corners c[BLOCK];
@@ -265,7 +265,7 @@ static void blend_block(const Field *f, int64_t n, const float *x, const float *
 /* blend_block over samples [start, stop) of x, d [n, J, 3], in blocks of BLEND_SAMPLES samples; feats [n, L*F],
  * wsum [n], dblend [n, 3] (or NULL); *status = 1 when the pair buffers could not be allocated, else 0. */
 #define BLEND_SAMPLES 128
-void hg_blend_forward(int64_t start, int64_t stop, const float *x, const float *d, FIELD_ARGS, float *feats,
+static void hg_blend_forward_piece(int64_t start, int64_t stop, const float *x, const float *d, FIELD_ARGS, float *feats,
                       float *wsum, float *dblend, int *status) {
     const Field f = FIELD_INIT;
     const int W = L * F;
@@ -321,7 +321,7 @@ static float mlp_first_output(const float *mlp, const float *in, int n_in, int N
  * and the ray stops once exp(-depth) < eps (depth in double, as the PyTorch twin). keep is written only for
  * the candidates evaluated (the caller zeroes it); *evaluated = their number; *status = 1 on a failed allocation. */
 #define WAVE 32
-void fused_visibility(int64_t r0, int64_t r1, const float *origins, const float *dirs, const float *ray_scale,
+static void fused_visibility_piece(int64_t r0, int64_t r1, const float *origins, const float *dirs, const float *ray_scale,
                       const int64_t *first, const int64_t *count, const float *t_starts, const float *t_ends,
                       FIELD_ARGS, const float *mlp, int n_neurons, int n_hidden, float bias, float height,
                       double eps, float alpha_thre, uint8_t *keep, int64_t *evaluated, int *status) {
@@ -371,4 +371,47 @@ void fused_visibility(int64_t r0, int64_t r1, const float *origins, const float 
     pairs_free(&p), free(x), free(feats);
     *evaluated = n_eval;
     *status = 0;
+}
+
+/* The exported kernels: the pieces above, each run over ``pieces`` parts of its range on OpenMP threads
+ * (ckernels.h's PARALLEL_PIECES). The table gradient splits levels, which own disjoint entries: each entry is
+ * written by one thread, in point order, so the result does not depend on the number of pieces. */
+#define LEVEL_PARAMS                                                                                               \
+    int F, int L, const double *scale, const uint32_t *mult, const int32_t *dense, const uint32_t *size,         \
+        const int64_t *offset
+#define LEVEL_VALUES F, L, scale, mult, dense, size, offset
+#define FIELD_VALUES J, box_min, box_size, margin, mask, R, table, n_entries, LEVEL_VALUES
+
+void hg_forward(int pieces, int64_t start, int64_t stop, const float *x, const int64_t *base, const float *table,
+                LEVEL_PARAMS, float *out) {
+    PARALLEL_PIECES(pieces, start, stop, hg_forward_piece(a, b, x, base, table, LEVEL_VALUES, out));
+}
+
+void hg_backward_table(int pieces, int l_start, int l_stop, int64_t n, const float *x, const int64_t *base,
+                       const float *grad_out, LEVEL_PARAMS, float *grad_table) {
+    PARALLEL_PIECES(pieces, l_start, l_stop,
+                    hg_backward_table_piece(n, (int)a, (int)b, x, base, grad_out, LEVEL_VALUES, grad_table));
+}
+
+void hg_backward_x(int pieces, int64_t start, int64_t stop, const float *x, const int64_t *base, const float *table,
+                   const float *grad_out, LEVEL_PARAMS, float *grad_x) {
+    PARALLEL_PIECES(pieces, start, stop, hg_backward_x_piece(a, b, x, base, table, grad_out, LEVEL_VALUES, grad_x));
+}
+
+/* status [pieces]: one per piece. */
+void hg_blend_forward(int pieces, int64_t start, int64_t stop, const float *x, const float *d, FIELD_ARGS,
+                      float *feats, float *wsum, float *dblend, int *status) {
+    PARALLEL_PIECES(pieces, start, stop,
+                    hg_blend_forward_piece(a, b, x, d, FIELD_VALUES, feats, wsum, dblend, status + k));
+}
+
+/* evaluated, status [pieces]: one per piece. */
+void fused_visibility(int pieces, int64_t r0, int64_t r1, const float *origins, const float *dirs,
+                      const float *ray_scale, const int64_t *first, const int64_t *count, const float *t_starts,
+                      const float *t_ends, FIELD_ARGS, const float *mlp, int n_neurons, int n_hidden, float bias,
+                      float height, double eps, float alpha_thre, uint8_t *keep, int64_t *evaluated, int *status) {
+    PARALLEL_PIECES(pieces, r0, r1,
+                    fused_visibility_piece(a, b, origins, dirs, ray_scale, first, count, t_starts, t_ends,
+                                           FIELD_VALUES, mlp, n_neurons, n_hidden, bias, height, eps, alpha_thre,
+                                           keep, evaluated + k, status + k));
 }

@@ -26,8 +26,8 @@ converged model (2-core CPU, medians of alternating 16-step blocks): 36.6 -> 31.
 
 Built and loaded by ``ckernels.load_library`` (system C compiler on first use, cached; no compiler: the
 backend is unavailable and ``auto`` uses ``torch``, the model's description line names the backend that
-runs; an explicit ``--backend cpu`` is a one-line error saying why). Calls are split across the threads of
-``torch.get_num_threads()``.
+runs; an explicit ``--backend cpu`` is a one-line error saying why). Each call runs on torch's OpenMP threads
+(``ckernels.h``), split in up to ``torch.get_num_threads()`` pieces.
 """
 
 from __future__ import annotations
@@ -39,23 +39,23 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from fast_anerf.ckernels import DOUBLE, FLOAT, I64, INT, PTR, load_library, run_calls, split_range
+from fast_anerf.ckernels import DOUBLE, FLOAT, I64, INT, PTR, load_library, pieces_for
 from fast_anerf.sampling.volrend import pack_info
 
 SOURCE = Path(__file__).with_name("hashgrid_cpu.c")
-MIN_POINTS_PER_THREAD = 4096  # below this, one call: thread hand-off costs more than it saves
+MIN_POINTS_PER_THREAD = 4096  # below this, one piece: waking a thread costs more than it saves (measured)
 
 _LEVEL_ARGS = (INT, INT, PTR, PTR, PTR, PTR, PTR)  # F, L, scale, mult, dense, size, offset
 # The C file's FIELD_ARGS: bones, box_min, box_size, margin, mask, mask resolution, table, entries per bone, levels.
 _FIELD_ARGS = (INT, PTR, PTR, FLOAT, PTR, INT, PTR, I64, *_LEVEL_ARGS)
-_SIGNATURES = (
-    ("hg_forward", (I64, I64, PTR, PTR, PTR, *_LEVEL_ARGS, PTR)),
-    ("hg_backward_table", (I64, INT, INT, PTR, PTR, PTR, *_LEVEL_ARGS, PTR)),
-    ("hg_backward_x", (I64, I64, PTR, PTR, PTR, PTR, *_LEVEL_ARGS, PTR)),
-    ("hg_blend_forward", (I64, I64, PTR, PTR, *_FIELD_ARGS, PTR, PTR, PTR, PTR)),
+_SIGNATURES = (  # each kernel takes (pieces, start, stop) first: its range, split over threads
+    ("hg_forward", (INT, I64, I64, PTR, PTR, PTR, *_LEVEL_ARGS, PTR)),
+    ("hg_backward_table", (INT, INT, INT, I64, PTR, PTR, PTR, *_LEVEL_ARGS, PTR)),
+    ("hg_backward_x", (INT, I64, I64, PTR, PTR, PTR, PTR, *_LEVEL_ARGS, PTR)),
+    ("hg_blend_forward", (INT, I64, I64, PTR, PTR, *_FIELD_ARGS, PTR, PTR, PTR, PTR)),
     (
         "fused_visibility",
-        (I64, I64, *[PTR] * 7, *_FIELD_ARGS, PTR, INT, INT, FLOAT, FLOAT, DOUBLE, FLOAT, PTR, PTR, PTR),
+        (INT, I64, I64, *[PTR] * 7, *_FIELD_ARGS, PTR, INT, INT, FLOAT, FLOAT, DOUBLE, FLOAT, PTR, PTR, PTR),
     ),
 )
 MIN_SAMPLES_PER_THREAD = 1024  # blend_encode_cpu: each sample is ~2-4 (sample, bone) pairs
@@ -89,10 +89,6 @@ def _level_args(config) -> list:
     return [config.n_features_per_level, config.n_levels, *(a.data_ptr() for a in arrays)]
 
 
-def _point_chunks(n: int) -> list[tuple[int, int]]:
-    return split_range(n, max(1, min(torch.get_num_threads(), n // MIN_POINTS_PER_THREAD)))
-
-
 class _HashGridCpuFunction(torch.autograd.Function):
     """``hashgrid_torch``'s function through the C kernels (points sorted by bone for cache locality)."""
 
@@ -107,7 +103,7 @@ class _HashGridCpuFunction(torch.autograd.Function):
         out_s = torch.empty(n, width, dtype=torch.float32)
         lv = _level_args(config)
         ptrs = (xs.data_ptr(), base.data_ptr(), table.data_ptr())
-        run_calls([(lib.hg_forward, (a, b, *ptrs, *lv, out_s.data_ptr())) for a, b in _point_chunks(n)])
+        lib.hg_forward(pieces_for(lib, n, MIN_POINTS_PER_THREAD), 0, n, *ptrs, *lv, out_s.data_ptr())
         out = torch.empty_like(out_s).index_copy_(0, order, out_s)  # back to the caller's order
         ctx.config, ctx.inplace_grad, ctx.params_ref = config, inplace_grad, params
         ctx.save_for_backward(order, xs, base)
@@ -121,24 +117,20 @@ class _HashGridCpuFunction(torch.autograd.Function):
         n, lv = len(order), _level_args(config)
         g = grad_out.index_select(0, order).to(torch.float32).contiguous()
         grad_x = grad_params = None
-        calls = []
         if ctx.needs_input_grad[2]:
             if ctx.inplace_grad and params.grad is not None and params.grad.is_contiguous():
                 target = params.grad  # add straight into the existing .grad; autograd then gets None
             else:
                 target = grad_params = torch.zeros_like(params, dtype=torch.float32)
-            threads = max(1, min(torch.get_num_threads(), config.n_levels, n // MIN_POINTS_PER_THREAD))
-            for a, b in split_range(config.n_levels, threads):  # levels own disjoint entries: no write races
-                args = (n, a, b, xs.data_ptr(), base.data_ptr(), g.data_ptr(), *lv, target.data_ptr())
-                calls.append((lib.hg_backward_table, args))
+            # Pieces of levels, which own disjoint entries: no write races, the same sums for any split.
+            pieces = min(config.n_levels, pieces_for(lib, n, MIN_POINTS_PER_THREAD))
+            ptrs = (xs.data_ptr(), base.data_ptr(), g.data_ptr())
+            lib.hg_backward_table(pieces, 0, config.n_levels, n, *ptrs, *lv, target.data_ptr())
         if ctx.needs_input_grad[0]:
             grad_xs = torch.empty(n, 3, dtype=torch.float32)
             table = params.detach().contiguous()
             ptrs = (xs.data_ptr(), base.data_ptr(), table.data_ptr(), g.data_ptr())
-            calls += [(lib.hg_backward_x, (a, b, *ptrs, *lv, grad_xs.data_ptr())) for a, b in _point_chunks(n)]
-        if calls:
-            run_calls(calls)
-        if ctx.needs_input_grad[0]:
+            lib.hg_backward_x(pieces_for(lib, n, MIN_POINTS_PER_THREAD), 0, n, *ptrs, *lv, grad_xs.data_ptr())
             grad_x = torch.empty_like(grad_xs).index_copy_(0, order, grad_xs)
         return grad_x, None, grad_params, None, None
 
@@ -181,13 +173,11 @@ def blend_encode_cpu(
     feats = torch.empty(n, config.n_output_dims, dtype=torch.float32)
     weight_sum = torch.empty(n, dtype=torch.float32)
     d_blend = torch.empty(n, 3, dtype=torch.float32) if d is not None else None
-    chunks = split_range(n, max(1, min(torch.get_num_threads(), n // MIN_SAMPLES_PER_THREAD)))
-    status = torch.zeros(max(len(chunks), 1), dtype=torch.int32)
+    pieces = pieces_for(lib, n, MIN_SAMPLES_PER_THREAD)
+    status = torch.zeros(pieces, dtype=torch.int32)  # one per piece
     head = (x.data_ptr(), d.data_ptr() if d is not None else None, *field_args)
     tail = (feats.data_ptr(), weight_sum.data_ptr(), d_blend.data_ptr() if d_blend is not None else None)
-    calls = [(lib.hg_blend_forward, (a, b, *head, *tail, status[k:].data_ptr())) for k, (a, b) in enumerate(chunks)]
-    if calls:  # (each chunk reports its own status)
-        run_calls(calls)
+    lib.hg_blend_forward(pieces, 0, n, *head, *tail, status.data_ptr())
     del alive
     if bool(status.any()):
         raise MemoryError("blend_encode_cpu: the C kernel could not allocate its pair buffers")
@@ -263,16 +253,13 @@ def fused_visibility_cpu(
     rays = [t.detach().to(torch.float32).contiguous() for t in (origins, directions, ray_scale)]
     ts = [t.detach().to(torch.float32).contiguous() for t in (t_starts, t_ends)]
     field_args, alive = _field_args(*field_inputs)
-    chunks = split_range(n_rays, max(1, min(torch.get_num_threads(), n // MIN_SAMPLES_PER_THREAD)))
-    evaluated = torch.zeros(len(chunks), dtype=torch.int64)
-    status = torch.zeros(len(chunks), dtype=torch.int32)
+    pieces = max(1, min(n_rays, pieces_for(lib, n, MIN_SAMPLES_PER_THREAD)))  # split rays, sized by candidates
+    evaluated = torch.zeros(pieces, dtype=torch.int64)  # one per piece
+    status = torch.zeros(pieces, dtype=torch.int32)
     head = (*(t.data_ptr() for t in rays), first.data_ptr(), counts.data_ptr(), *(t.data_ptr() for t in ts))
     head = (*head, *field_args, mlp.data_ptr(), int(n_neurons), int(n_hidden), float(density_bias), float(height))
-    calls = []
-    for k, (a, b) in enumerate(chunks):
-        args = (a, b, *head, float(early_stop_eps), float(alpha_thre))
-        calls.append((lib.fused_visibility, (*args, keep.data_ptr(), evaluated[k:].data_ptr(), status[k:].data_ptr())))
-    run_calls(calls)
+    tail = (float(early_stop_eps), float(alpha_thre), keep.data_ptr(), evaluated.data_ptr(), status.data_ptr())
+    lib.fused_visibility(pieces, 0, n_rays, *head, *tail)
     del alive
     if bool(status.any()):
         raise MemoryError("fused_visibility_cpu: the C kernel could not allocate its buffers")

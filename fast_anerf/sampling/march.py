@@ -30,13 +30,13 @@ from pathlib import Path
 import torch
 
 from fast_anerf.bone_boxes import ray_box_intervals
-from fast_anerf.ckernels import I64, INT, PTR, load_library, run_calls, split_range
+from fast_anerf.ckernels import I64, INT, PTR, load_library, pieces_for
 from fast_anerf.sampling.volrend import nerfacc_cuda, use_nerfacc
 
 MARCH_SOURCE = Path(__file__).with_name("march_cpu.c")
 _MARCH_SIGNATURE = (
-    ("march_occupied", (I64, I64, INT, I64, *[PTR] * 9, INT, PTR, PTR, PTR)),
-    ("ray_box_intervals", (I64, I64, INT, *[PTR] * 7)),
+    ("march_occupied", (INT, I64, I64, INT, I64, *[PTR] * 9, INT, PTR, PTR, PTR)),  # (pieces, start, stop, ...)
+    ("ray_box_intervals", (INT, I64, I64, INT, *[PTR] * 7)),
 )
 MIN_RAYS_PER_THREAD = 512
 
@@ -60,10 +60,7 @@ def box_intervals(
     t_out = torch.empty(n_rays, n_bones)
     hit = torch.empty(n_rays, n_bones, dtype=torch.bool)
     ptrs = [t.data_ptr() for t in (o, d, lo, hi, t_in, t_out, hit)]
-    threads = max(1, min(torch.get_num_threads(), n_rays // (16 * MIN_RAYS_PER_THREAD)))
-    calls = [(lib.ray_box_intervals, (a, b, n_bones, *ptrs)) for a, b in split_range(n_rays, threads)]
-    if calls:
-        run_calls(calls)
+    lib.ray_box_intervals(pieces_for(lib, n_rays, 16 * MIN_RAYS_PER_THREAD), 0, n_rays, n_bones, *ptrs)
     return t_in, t_out, hit
 
 
@@ -265,12 +262,8 @@ def _occupied_cpu(t_in, t_out, hit, origins, directions, occupancy, anchor, dt, 
     box_min, box_size = occupancy.box_min.contiguous(), occupancy.box_size.contiguous()
     keep = torch.zeros(n_rays, n_cand, dtype=torch.bool)
     ptrs = [a.data_ptr() for a in arrays] + [occupancy.resolution, box_min.data_ptr(), box_size.data_ptr()]
-    threads = max(1, min(torch.get_num_threads(), n_rays // MIN_RAYS_PER_THREAD))
-    calls = [
-        (lib.march_occupied, (a, b, n_bones, n_cand, *ptrs, keep.data_ptr())) for a, b in split_range(n_rays, threads)
-    ]
-    if calls:
-        run_calls(calls)
+    pieces = pieces_for(lib, n_rays, MIN_RAYS_PER_THREAD)
+    lib.march_occupied(pieces, 0, n_rays, n_bones, n_cand, *ptrs, keep.data_ptr())
     return keep.nonzero(as_tuple=True)  # row-major: sorted by ray, then t
 
 

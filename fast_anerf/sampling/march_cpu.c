@@ -13,12 +13,12 @@
  * Arrays (contiguous): t_in, t_out [n_rays, J] float32, hit [n_rays, J] uint8, origins, directions [n_rays, J, 3]
  * float32 (the rays in every bone frame), anchor, dt, far [n_rays] float32, binaries [J, R^3] uint8, box_min,
  * box_size [J, 3] float32. Output keep [n_rays, K] uint8, zeroed by the caller; rays [start, stop) are written
- * (callers split rays across threads: rows are disjoint).
+ * (rows are disjoint: the exported kernels at the end split rays over threads).
  */
 #include <math.h>
 #include <stdint.h>
 
-void march_occupied(int64_t start, int64_t stop, int J, int64_t K, const float *t_in, const float *t_out,
+static void march_occupied_piece(int64_t start, int64_t stop, int J, int64_t K, const float *t_in, const float *t_out,
                     const uint8_t *hit, const float *origins, const float *directions, const float *anchor,
                     const float *dt, const float *far, const uint8_t *binaries, int R, const float *box_min,
                     const float *box_size, uint8_t *keep) {
@@ -60,7 +60,7 @@ void march_occupied(int64_t start, int64_t stop, int J, int64_t K, const float *
  * |d| < 1e-12), t_in = max over axes of min(t0, t1), clamped to >= 0, t_out = min over axes of max(t0, t1),
  * hit = t_out > t_in. origins, directions [n_rays, J, 3]; box_min, box_max [J, 3]; t_in, t_out [n_rays, J]
  * float32 and hit [n_rays, J] uint8 written here. (Finite inputs: NaN propagates differently than in torch.) */
-void ray_box_intervals(int64_t start, int64_t stop, int J, const float *origins, const float *directions,
+static void ray_box_intervals_piece(int64_t start, int64_t stop, int J, const float *origins, const float *directions,
                        const float *box_min, const float *box_max, float *t_in, float *t_out, uint8_t *hit) {
     for (int64_t r = start; r < stop; ++r)
         for (int j = 0; j < J; ++j) {
@@ -80,4 +80,20 @@ void ray_box_intervals(int64_t start, int64_t stop, int J, const float *origins,
             t_out[h] = hi;
             hit[h] = hi > lo;
         }
+}
+
+/* The exported kernels: rays [start, stop) split into ``pieces`` run on OpenMP threads (ckernels.h). */
+void march_occupied(int pieces, int64_t start, int64_t stop, int J, int64_t K, const float *t_in, const float *t_out,
+                    const uint8_t *hit, const float *origins, const float *directions, const float *anchor,
+                    const float *dt, const float *far, const uint8_t *binaries, int R, const float *box_min,
+                    const float *box_size, uint8_t *keep) {
+    PARALLEL_PIECES(pieces, start, stop,
+                    march_occupied_piece(a, b, J, K, t_in, t_out, hit, origins, directions, anchor, dt, far,
+                                         binaries, R, box_min, box_size, keep));
+}
+
+void ray_box_intervals(int pieces, int64_t start, int64_t stop, int J, const float *origins, const float *directions,
+                       const float *box_min, const float *box_max, float *t_in, float *t_out, uint8_t *hit) {
+    PARALLEL_PIECES(pieces, start, stop,
+                    ray_box_intervals_piece(a, b, J, origins, directions, box_min, box_max, t_in, t_out, hit));
 }

@@ -1,0 +1,1 @@
+"""Data: A-NeRF .h5 files, the built-in character, rays."""

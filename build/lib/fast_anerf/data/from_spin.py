@@ -1,0 +1,434 @@
+"""SPIN / VIBE per-frame output + frames + masks -> an A-NeRF ``.h5`` (specs/anerf.md §1.4, §8).
+
+Input ``.npz`` (``np.savez``; no pickled objects). ``N`` = number of frames; SPIN / VIBE / A-NeRF names are
+accepted for each key (first match wins):
+
+* ``pred_rotmat | pred_rot_mat | rotmat`` ``[N, 24, 3, 3]`` SMPL local joint rotations (relative to the parent;
+  joint 0 = global orientation in SPIN's OpenCV camera frame), or axis-angle ``pose | pred_pose``
+  ``[N, 72]`` / ``[N, 24, 3]`` (VIBE) in radians.
+* ``pred_camera | pred_cam`` ``[N, 3]`` weak-perspective camera ``(s, tx, ty)`` of the 224x224 crop.
+* ``bboxes | bbox`` ``[N, 4]`` crop box ``(cx, cy, w, h)`` in pixels of the original frame (VIBE's layout), the
+  crop side being ``max(w, h)``; or ``[N, 3]`` ``(cx, cy, side)``. ``--bbox-scale`` multiplies the side, for
+  pipelines that enlarge the box before cropping (SPIN's demo: 1.2, VIBE: 1.1).
+* optional ``pred_betas | betas`` ``[N, 10]`` or ``[10]`` (default: zeros = mean shape; stored as ``betas``).
+* optional ``pred_joints | joints3d`` ``[N, 49, 3]`` (SPIN's joints; index 8 "OP MidHip" is SMPL's pelvis, as
+  A-NeRF uses) or ``[N, 24, 3]`` (index 0): gives the pelvis position in SMPL's model frame.
+* optional ``frame_ids`` ``[N]`` ints: which frame of ``--images`` (and ``--masks``) each row belongs to
+  (VIBE's per-person tracks). Without it, the image count must equal ``N``.
+* optional ``masks`` ``[N, H, W]``: used when ``--masks`` is not given.
+
+Frames: a folder of images (sorted by name, digit runs compared as numbers) or a video (imageio). Masks: the
+same, 0-255 grey (colour: max over RGB), foreground = value >= 2 as A-NeRF; a mask whose maximum is 1 is
+taken as {0, 1}.
+
+Conversion (A-NeRF's ``process_spin.py``, VIBE's ``convert_crop_cam_to_orig_img``):
+
+* Camera: SPIN projects with focal ``5000`` px in the 224 crop and the body at depth ``tz = 2*5000/(224 s)``.
+  In the full frame (principal point ``(W/2, H/2)``) this is focal ``f = side/224 * 5000`` and the body
+  translation ``t = (tx + 2(cx - W/2)/(s side), ty + 2(cy - H/2)/(s side), tz)``: a camera tens of metres
+  away with a long lens, nearly orthographic. ``--focal F`` (A-NeRF's ``new_focal``) sets the focal to a
+  known value and moves the camera along its axis, ``tz *= F / f``, so the person keeps its image size.
+* World = SMPL's model frame with the axes of SPIN's OpenCV camera (x right, y down, z forward), so "up" is
+  -y as in A-NeRF; SPIN places the body at ``X_cam = X_model + t``, so the camera sits at ``-t`` with the
+  identity rotation, and OpenCV -> OpenGL flips its y and z axes: ``c2w = [diag(1, -1, -1) | -t]``. The body
+  stays near the origin and the camera moves with the person's translation (A-NeRF's choice).
+* Joints: FK of the rest skeleton with the SPIN rotations, the root at the SMPL pelvis in the model frame
+  (global orientation rotates SMPL about its pelvis, so the pelvis is ``J_0(betas)``, fixed per frame):
+  from ``pred_joints`` if given, else from the SMPL file (``--smpl``), else ``SMPL_MEAN_PELVIS``.
+* Rest skeleton: without ``--smpl``, our built-in mean rest skeleton (``synthetic.builtin_rest_pose``); with
+  ``--smpl`` (needs ``pip install smplx``), SMPL's rest joints of each frame's betas, root-centred and averaged
+  over frames (A-NeRF's ``get_keypoints_from_betas``).
+* Units: metres, ``ext_scale = 0.001`` (as the built-in character: mm x 0.001 = world units). A-NeRF instead
+  rescales the skeleton to its reference size; we keep metres and store ``pose_scale = 1``.
+
+Output keys: ``imgs, masks, sampling_masks`` (5x5 dilation twice), ``img_shape, kp3d, bones`` (axis-angle)
+``, skts, cyls, c2ws, focals, centers, rest_pose, betas, ext_scale, pose_scale, img_paths`` (frame file
+paths, or ``<video>/<frame:06d>``, so consecutive frames are found for the temporal loss), ``kp_idxs`` (the
+frame index). No ``bkgds`` and no ``gt_*`` keys.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fast_anerf.data.anerf_h5 import dilate_mask, write_anerf_h5
+from fast_anerf.data.rays import bounding_cylinder
+from fast_anerf.errors import DataError, UserError
+from fast_anerf.skeleton import axis_angle_to_matrix, matrix_to_axis_angle
+
+SPIN_FOCAL = 5000.0  # px, SPIN's fixed focal length in the crop
+SPIN_CROP = 224  # px, SPIN's crop size
+SPIN_PELVIS_49 = 8  # "OP MidHip" in SPIN's 49 joints, mapped to SMPL joint 0
+# SMPL neutral mean-shape pelvis J_0 = J_regressor[0] @ v_template, metres, model frame. Only used when neither
+# pred_joints nor an SMPL file gives it; an error of d metres shifts the body by f*d/tz px in the image.
+SMPL_MEAN_PELVIS = np.array([-0.0018, -0.2233, 0.0282])
+EXT_SCALE = 0.001
+MASK_THRESHOLD = 2  # A-NeRF: foreground = mask >= 2 on 0-255 masks
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0])
+ALIASES = {
+    "rotmat": ("pred_rotmat", "pred_rot_mat", "rotmat"),
+    "pose": ("pose", "pred_pose"),
+    "camera": ("pred_camera", "pred_cam"),
+    "bboxes": ("bboxes", "bbox"),
+    "betas": ("pred_betas", "betas"),
+    "joints": ("pred_joints", "joints3d"),
+    "frame_ids": ("frame_ids",),
+    "masks": ("masks",),
+}
+
+
+@dataclass
+class SpinFrames:
+    """Validated SPIN output, float64. ``rotmats [N, 24, 3, 3]``, ``cameras [N, 3]`` (s, tx, ty),
+    ``bboxes [N, 3]`` (cx, cy, side) px, ``betas [N, B]``, ``pelvis [N, 3]`` m or None, ``frame_ids [N]`` or
+    None, ``masks [N, H, W]`` bool or None."""
+
+    rotmats: np.ndarray
+    cameras: np.ndarray
+    bboxes: np.ndarray
+    betas: np.ndarray
+    pelvis: np.ndarray | None
+    frame_ids: np.ndarray | None
+    masks: np.ndarray | None
+
+    @property
+    def n(self) -> int:
+        return len(self.rotmats)
+
+
+def _bad(path: Path, key: str, problem: str, fix: str) -> DataError:
+    return DataError(f"{path}: key '{key}' {problem} — {fix}")
+
+
+def _finite(path: Path, key: str, a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    if not np.isfinite(a).all():
+        row = int(np.argwhere(~np.isfinite(a.reshape(len(a), -1)).all(-1))[0, 0]) if a.ndim else 0
+        raise _bad(path, key, f"has non-finite values (first in row {row})", "re-export the SPIN output")
+    return a
+
+
+def binarize_mask(mask: np.ndarray) -> np.ndarray:
+    """0-255 mask ``[H, W]`` or ``[H, W, C]`` -> bool ``[H, W]``: ``>= 2`` (A-NeRF), or ``> 0`` if its max is
+    <= 1 (a {0, 1} or bool mask). Colour masks use the max over the first three channels."""
+    m = np.asarray(mask)
+    if m.ndim == 3:
+        m = m[..., :3].max(-1)
+    if m.dtype == bool or m.max(initial=0) <= 1:
+        return m > 0
+    return m >= MASK_THRESHOLD
+
+
+def load_spin_npz(path: str | os.PathLike) -> SpinFrames:
+    """Read and validate a SPIN-format ``.npz`` (keys in the module docstring); raises one-line DataErrors."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: SPIN file not found — pass the .npz with pred_rotmat, pred_camera, bboxes")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            raw = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: not a readable .npz ({msg}) — save the SPIN output with np.savez") from None
+
+    def get(name: str, required: bool = True) -> tuple[str, np.ndarray | None]:
+        for key in ALIASES[name]:
+            if key in raw:
+                return key, raw[key]
+        if required:
+            names = " | ".join(ALIASES[name])
+            raise DataError(f"{path}: missing key '{names}' (have: {', '.join(sorted(raw))}) — add it")
+        return ALIASES[name][0], None
+
+    rot_key, rot = get("rotmat", required=False)
+    if rot is None:
+        key, pose = get("pose", required=False)
+        if pose is None:
+            names = " | ".join(ALIASES["rotmat"] + ALIASES["pose"])
+            raise DataError(f"{path}: missing key '{names}' (have: {', '.join(sorted(raw))}) — add the rotations")
+        pose = _finite(path, key, pose)
+        if pose.ndim == 2 and pose.shape[1] == 72:
+            pose = pose.reshape(-1, 24, 3)
+        if pose.ndim != 3 or pose.shape[1:] != (24, 3) or len(pose) < 1:
+            raise _bad(path, key, f"has shape {pose.shape}", "expected (N, 72) or (N, 24, 3) SMPL axis-angle")
+        rot, rot_key = axis_angle_to_matrix(torch.as_tensor(pose)).numpy(), key
+    rot = _finite(path, rot_key, rot)
+    if rot.ndim != 4 or rot.shape[1:] != (24, 3, 3) or len(rot) < 1:
+        raise _bad(path, rot_key, f"has shape {rot.shape}", "expected (N, 24, 3, 3) SMPL rotation matrices")
+    n = len(rot)
+    ortho = np.abs(rot @ rot.swapaxes(-1, -2) - np.eye(3)).max(axis=(-1, -2))
+    det = np.linalg.det(rot)
+    if (ortho > 1e-2).any() or (det < 0.5).any():
+        i, j = np.argwhere((ortho > 1e-2) | (det < 0.5))[0]
+        raise _bad(path, rot_key, f"frame {i} joint {j} is not a rotation (|R R^T - I| {ortho[i, j]:.3g}, det "
+                   f"{det[i, j]:.3g})", "expected proper rotation matrices")  # fmt: skip
+    # Re-orthonormalise the small float drift of network outputs (nearest rotation, via SVD).
+    u, _, vt = np.linalg.svd(rot)
+    rot = u @ vt
+
+    def rows(name: str, tails: tuple[tuple[int, ...], ...], what: str, required: bool = True):
+        key, a = get(name, required)
+        if a is None:
+            return key, None
+        a = _finite(path, key, a)
+        if a.ndim < 1 or len(a) != n or a.shape[1:] not in tails:
+            want = " or ".join(str((n, *t)) for t in tails)
+            raise _bad(path, key, f"has shape {a.shape} for {n} frames of '{rot_key}'", f"expected {want} "
+                       f"{what}")  # fmt: skip
+        return key, a
+
+    key, cameras = rows("camera", ((3,),), "weak-perspective (s, tx, ty)")
+    if (cameras[:, 0] <= 0).any():
+        i = int(np.argwhere(cameras[:, 0] <= 0)[0, 0])
+        raise _bad(path, key, f"has scale s = {cameras[i, 0]:.4g} in frame {i}", "expected s > 0 (SPIN's crop scale)")
+    key, boxes = rows("bboxes", ((4,), (3,)), "(cx, cy, w, h) or (cx, cy, side) pixels")
+    side = boxes[:, 2:].max(-1)
+    if (side <= 0).any():
+        i = int(np.argwhere(side <= 0)[0, 0])
+        raise _bad(path, key, f"has a box of size {boxes[i, 2:].tolist()} in frame {i}", "expected sizes > 0 px")
+    bboxes = np.concatenate([boxes[:, :2], side[:, None]], axis=-1)
+
+    key, betas = get("betas", required=False)
+    if betas is None:
+        betas = np.zeros((n, 10))
+    else:
+        betas = _finite(path, key, betas)
+        if betas.ndim in (1, 2) and betas.size and (betas.ndim == 1 or len(betas) == 1):
+            betas = np.broadcast_to(betas.reshape(1, -1), (n, betas.shape[-1]))  # one shape for all frames
+        if betas.ndim != 2 or len(betas) != n or betas.shape[1] < 1:
+            raise _bad(path, key, f"has shape {betas.shape}", f"expected ({n}, 10) SMPL shape parameters")
+    key, joints = rows("joints", ((49, 3), (24, 3)), "model-frame joints (SPIN's 49 or SMPL's 24)", required=False)
+    pelvis = None if joints is None else joints[:, SPIN_PELVIS_49 if joints.shape[1] == 49 else 0]
+
+    key, ids = get("frame_ids", required=False)
+    if ids is not None:
+        if ids.dtype.kind not in "iu" or ids.shape != (n,) or (ids < 0).any():
+            raise _bad(path, key, f"has shape {ids.shape} ({ids.dtype})", f"expected ({n},) frame indices >= 0")
+        ids = ids.astype(np.int64)
+    key, masks = get("masks", required=False)
+    if masks is not None:
+        masks = np.asarray(masks)
+        masks = masks[..., 0] if masks.ndim == 4 and masks.shape[-1] == 1 else masks
+        if masks.ndim != 3 or len(masks) != n or masks.dtype.kind not in "biuf":
+            raise _bad(path, key, f"has shape {masks.shape} ({masks.dtype})", f"expected ({n}, H, W) masks")
+        masks = np.stack([binarize_mask(m) for m in masks])
+    return SpinFrames(rot, cameras, bboxes, np.ascontiguousarray(betas), pelvis, ids, masks)
+
+
+def crop_camera_to_full(
+    cameras: np.ndarray, bboxes: np.ndarray, width: int, height: int, focal: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """SPIN's weak-perspective crop camera -> a full-frame perspective camera (VIBE's conversion).
+
+    Args:
+        cameras: ``[N, 3]`` (s, tx, ty); bboxes: ``[N, 3]`` (cx, cy, side) px of the crop in the frame;
+        width, height: frame size px (principal point at the centre); focal: optional known focal px.
+    Returns:
+        focals ``[N]`` px, translations ``[N, 3]`` m: SMPL model frame -> OpenCV camera, ``X_cam = X + t``.
+    """
+    s, tx, ty = cameras[:, 0], cameras[:, 1], cameras[:, 2]
+    cx, cy, side = bboxes[:, 0], bboxes[:, 1], bboxes[:, 2]
+    focals = side / SPIN_CROP * SPIN_FOCAL
+    tz = 2 * SPIN_FOCAL / (SPIN_CROP * s)
+    # The crop maps normalised [-1, 1] to side pixels around (cx, cy): a shift of the box centre from the
+    # principal point is a body shift of 2 * offset / (s * side) metres.
+    t = np.stack([tx + 2 * (cx - width / 2) / (s * side), ty + 2 * (cy - height / 2) / (s * side), tz], axis=-1)
+    if focal is not None:
+        t[:, 2] *= focal / focals  # keep f / tz, i.e. the person's image size, at the new focal
+        focals = np.full_like(focals, focal)
+    return focals, t
+
+
+def spin_c2ws(translations: np.ndarray) -> np.ndarray:
+    """OpenGL camera-to-world ``[N, 4, 4]`` for world = SMPL model frame: camera at ``-t``, OpenCV axes
+    flipped to OpenGL (y up, looking down -z)."""
+    c2w = np.tile(np.eye(4), (len(translations), 1, 1))
+    c2w[:, :3, :3] = OPENCV_TO_OPENGL
+    c2w[:, :3, 3] = -translations
+    return c2w
+
+
+def smpl_rest_joints(smpl_path: str | os.PathLike, betas: np.ndarray) -> np.ndarray:
+    """SMPL rest joints ``[N, 24, 3]`` (metres, model frame, zero pose) for ``betas [N, B]``, via ``smplx``.
+
+    ``smpl_path`` is an SMPL ``.pkl`` or a folder holding ``SMPL_NEUTRAL.pkl``. At zero pose LBS leaves the
+    joints at ``J_regressor @ (v_template + shapedirs @ betas)``, which is all this needs.
+    """
+    try:
+        import smplx
+        from smplx.lbs import blend_shapes, vertices2joints
+    except ImportError:
+        raise UserError("--smpl needs the smplx package: pip install smplx (or drop --smpl to use the built-in "
+                        "mean rest skeleton)") from None  # fmt: skip
+    path = Path(smpl_path)
+    model_file = path / "SMPL_NEUTRAL.pkl" if path.is_dir() else path
+    if not model_file.is_file():
+        raise DataError(f"{model_file}: SMPL model file not found — pass SMPL_NEUTRAL.pkl (or its folder) to --smpl")
+    try:
+        model = smplx.SMPL(str(model_file), gender="neutral", num_betas=betas.shape[1])
+    except Exception as e:  # pickle/chumpy/shape problems inside a third-party loader: report them in one line
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{model_file}: cannot load the SMPL model ({type(e).__name__}: {msg}) — pass an SMPL .pkl "
+                        "(a chumpy-free copy if chumpy is not installed)") from None  # fmt: skip
+    with torch.no_grad():
+        nb = min(betas.shape[1], model.shapedirs.shape[-1])
+        b = torch.as_tensor(betas[:, :nb], dtype=model.v_template.dtype)
+        v_shaped = model.v_template + blend_shapes(b, model.shapedirs[..., :nb])
+        joints = vertices2joints(model.J_regressor, v_shaped)[:, :24]
+    if joints.shape[1] != 24:
+        raise DataError(f"{model_file}: the model has {joints.shape[1]} joints — expected SMPL's 24")
+    return joints.double().numpy()
+
+
+def _natural_key(name: str) -> list:
+    return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", name)]
+
+
+def _as_rgb(img: np.ndarray, source: str) -> np.ndarray:
+    img = np.asarray(img)
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    if img.dtype != np.uint8:
+        raise DataError(f"{source}: image dtype {img.dtype} — expected 8-bit RGB frames")
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.ndim != 3:
+        raise DataError(f"{source}: image of shape {img.shape} — expected (H, W, 3)")
+    return np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img[..., :3]
+
+
+def read_frames(path: Path, what: str, ids: np.ndarray | None, n: int) -> tuple[list[np.ndarray], list[str]]:
+    """Frames ``ids`` (or all, which must be ``n``) of a folder of images or a video, as read; + their paths."""
+    import imageio.v3 as iio
+
+    if not path.exists():
+        raise DataError(f"{path}: {what} not found — pass a folder of images or a video")
+    try:
+        if path.is_dir():
+            files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                           key=lambda p: _natural_key(p.name))  # fmt: skip
+            total = len(files)
+            names = [str(p) for p in files]
+            read = lambda i: iio.imread(files[i])  # noqa: E731
+        else:
+            frames = list(iio.imiter(path))
+            total = len(frames)
+            names = [f"{path}/{i:06d}" for i in range(total)]
+            read = frames.__getitem__
+    except (OSError, ValueError, RuntimeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: cannot read the {what} ({msg}) — pass a folder of images or a video") from None
+    if ids is None:
+        if total != n:
+            raise DataError(f"{path}: {total} {what} but the SPIN file has {n} frames — pass matching {what} or add "
+                            "frame_ids to the SPIN file")  # fmt: skip
+        ids = np.arange(n)
+    elif ids.max(initial=-1) >= total:
+        raise DataError(f"{path}: frame_ids go up to {ids.max()} but there are only {total} {what} — fix frame_ids")
+    out = []
+    for i in ids:
+        try:
+            out.append(read(int(i)))
+        except (OSError, ValueError, RuntimeError) as e:
+            raise DataError(f"{names[i]}: cannot read ({str(e).splitlines()[0] if str(e) else e!r})") from None
+    return out, [names[i] for i in ids]
+
+
+def convert_spin(
+    spin_path: str | os.PathLike,
+    images: str | os.PathLike,
+    out: str | os.PathLike,
+    masks: str | os.PathLike | None = None,
+    smpl: str | os.PathLike | None = None,
+    focal: float | None = None,
+    bbox_scale: float = 1.0,
+) -> dict:
+    """Convert SPIN output + frames + masks into an A-NeRF ``.h5`` at ``out`` (module docstring).
+
+    Everything is read and validated before anything is written; the write is atomic. Returns a summary dict
+    (``frames, height, width, focal, camera_distance`` (min, max) m, ``rest_pose``, ``pelvis`` sources).
+    """
+    from fast_anerf.data.synthetic import builtin_rest_pose, pose_arrays
+
+    spin_path, out = Path(spin_path), Path(out)
+    if focal is not None and not (np.isfinite(focal) and focal > 0):
+        raise UserError(f"--focal is {focal}; expected a focal length > 0 in pixels (or leave it out)")
+    if not (np.isfinite(bbox_scale) and bbox_scale > 0):
+        raise UserError(f"--bbox-scale is {bbox_scale}; expected a factor > 0 (1 = the boxes as stored)")
+    if out.is_dir():
+        raise UserError(f"{out}: is a directory — pass the path of the .h5 file to write")
+    spin = load_spin_npz(spin_path)
+    n = spin.n
+    frames, img_paths = read_frames(Path(images), "frames", spin.frame_ids, n)
+    frames = [_as_rgb(f, p) for f, p in zip(frames, img_paths, strict=True)]
+    h, w = frames[0].shape[:2]
+    for img, p in zip(frames, img_paths, strict=True):
+        if img.shape[:2] != (h, w):
+            raise DataError(f"{p}: frame of {img.shape[1]}x{img.shape[0]} px, the first is {w}x{h} — use one size")
+    if masks is not None:
+        raw_masks, mask_paths = read_frames(Path(masks), "masks", spin.frame_ids, n)
+        fg = []
+        for m, p in zip(raw_masks, mask_paths, strict=True):
+            if np.shape(m)[:2] != (h, w):
+                raise DataError(f"{p}: mask of shape {np.shape(m)[:2]}, frames are {h}x{w} — masks must match frames")
+            fg.append(binarize_mask(m))
+        fg = np.stack(fg)
+    elif spin.masks is not None:
+        fg = spin.masks
+        if fg.shape[1:] != (h, w):
+            raise _bad(spin_path, "masks", f"has shape {fg.shape}, frames are {h}x{w}", "masks must match frames")
+    else:
+        raise DataError(f"{spin_path}: no masks — pass --masks (a folder or video of 0-255 masks) or add key 'masks'")
+
+    if smpl is not None:
+        rest_all = smpl_rest_joints(smpl, spin.betas)  # [N, 24, 3]
+        rest = (rest_all - rest_all[:, :1]).mean(0)
+        pelvis, rest_source, pelvis_source = rest_all[:, 0], f"SMPL ({smpl})", "SMPL J_0(betas)"
+    else:
+        rest = builtin_rest_pose().astype(np.float64)
+        pelvis, rest_source, pelvis_source = np.tile(SMPL_MEAN_PELVIS, (n, 1)), "built-in mean", "SMPL mean pelvis"
+    if spin.pelvis is not None:
+        pelvis, pelvis_source = spin.pelvis, "pred_joints"
+
+    boxes = spin.bboxes.copy()
+    boxes[:, 2] *= bbox_scale
+    focals, trans = crop_camera_to_full(spin.cameras, boxes, w, h, focal)
+    c2ws = spin_c2ws(trans)
+    bones = matrix_to_axis_angle(torch.as_tensor(spin.rotmats)).numpy()
+    poses = pose_arrays(rest.astype(np.float32), bones, pelvis)
+    data = {
+        "imgs": np.stack(frames),
+        "masks": fg,
+        "sampling_masks": dilate_mask(fg),
+        "img_shape": np.array([n, h, w, 3]),
+        **poses,
+        "cyls": bounding_cylinder(poses["kp3d"]),
+        "c2ws": c2ws.astype(np.float32),
+        "focals": focals.astype(np.float32),
+        "centers": np.tile(np.array([w / 2, h / 2], np.float32), (n, 1)),
+        "rest_pose": rest.astype(np.float32),
+        "betas": spin.betas.astype(np.float32),
+        "ext_scale": np.float32(EXT_SCALE),
+        "pose_scale": np.float32(1.0),
+        "img_paths": np.array(img_paths),
+        "kp_idxs": spin.frame_ids if spin.frame_ids is not None else np.arange(n),
+    }
+    write_anerf_h5(out, data)
+    dist = np.linalg.norm(trans + pelvis, axis=-1)  # camera to pelvis
+    return {
+        "out": str(out),
+        "frames": n,
+        "height": h,
+        "width": w,
+        "focal": (float(focals.min()), float(focals.max())),
+        "camera_distance": (float(dist.min()), float(dist.max())),
+        "rest_pose": rest_source,
+        "pelvis": pelvis_source,
+    }

@@ -1,0 +1,1 @@
+"""Encodings: tiny-cuda-nn-layout hash grids and MLPs."""

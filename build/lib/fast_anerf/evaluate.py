@@ -1,0 +1,187 @@
+"""Image metrics (PSNR, SSIM; whole image and foreground-masked) and ``fast-anerf eval``.
+
+A-NeRF's ``--eval`` reports PSNR/SSIM inside the 2D box of the projected body cylinder plus
+foreground-masked variants. We report the whole image (everything the camera sees, background included)
+and the foreground-masked values (pixels of the ground-truth mask only), which is the harder number.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fast_anerf.data.split import Split, load_split
+from fast_anerf.errors import UserError
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """PSNR in dB of images in [0, 1] (``[..., 3]``); ``mask [...]`` restricts it to those pixels."""
+    err = (pred - target).pow(2)
+    mse = err[mask].mean() if mask is not None else err.mean()
+    return float(-10.0 * torch.log10(mse.clamp_min(1e-10)))
+
+
+def ssim_map(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per-pixel SSIM (Wang et al. 2004; Gaussian window 11, sigma 1.5), mean over channels: ``[H, W]``."""
+    coords = torch.arange(window, dtype=pred.dtype) - window // 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(3, 1, window, window).to(pred.device)
+    x = pred.permute(2, 0, 1)[None]
+    y = target.permute(2, 0, 1)[None]
+
+    def blur(z: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(z, [window // 2] * 4, mode="replicate"), kernel, groups=3)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return s[0].mean(dim=0)
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """Mean SSIM of ``[H, W, 3]`` images in [0, 1], over ``mask [H, W]`` pixels when given."""
+    s = ssim_map(pred, target)
+    return float(s[mask].mean() if mask is not None else s.mean())
+
+
+def evaluate_split(model, split: Split, settings, max_frames: int | None = None, chunk: int = 4096) -> dict:
+    """Render frames of a split with its poses and cameras (mean appearance code) and score them.
+
+    Returns a dict with mean ``psnr``, ``ssim``, ``psnr_fg``, ``ssim_fg``, ``frames``, ``seconds_per_frame``
+    and per-frame lists, plus ``images`` (list of ``(pred, gt)`` ``[H, W, 3]`` tensors) under ``_images``.
+    """
+    from fast_anerf.renderer import render_image
+
+    n = split.n_images
+    count = n if max_frames is None else min(n, max_frames)
+    frames = torch.linspace(0, n - 1, count).round().long().unique().tolist()
+    per_frame: dict[str, list[float]] = {"psnr": [], "ssim": [], "psnr_fg": [], "ssim_fg": []}
+    images = []
+    start = time.perf_counter()
+    for i in frames:
+        skts = split.skts[split.pose_idxs[i]]
+        out = render_image(
+            model,
+            split.c2ws[i],
+            float(split.focals[i]),
+            tuple(split.centers[i].tolist()),
+            split.height,
+            split.width,
+            skts,
+            code_id=-1,
+            background=split.backgrounds[i],
+            settings=settings,
+            chunk=chunk,
+        )
+        pred = out["rgb"].cpu().clamp(0, 1)
+        gt = split.images[i]
+        mask = split.masks[i]
+        per_frame["psnr"].append(psnr(pred, gt))
+        per_frame["ssim"].append(ssim(pred, gt))
+        per_frame["psnr_fg"].append(psnr(pred, gt, mask) if mask.any() else math.nan)
+        per_frame["ssim_fg"].append(ssim(pred, gt, mask) if mask.any() else math.nan)
+        images.append((pred, gt))
+    elapsed = time.perf_counter() - start
+    result = {key: float(torch.tensor(values).nanmean()) for key, values in per_frame.items()}
+    result.update(
+        frames=len(frames),
+        seconds_per_frame=elapsed / max(len(frames), 1),
+        frame_indices=frames,
+        per_frame=per_frame,
+        _images=images,
+    )
+    return result
+
+
+def find_eval_splits(data: Path) -> dict[str, Path]:
+    """``{"test_view": ..., "test_pose": ...}`` in a data folder, or ``{"<stem>": file}`` for one .h5."""
+    data = Path(data)
+    if data.is_file():
+        return {data.stem: data}
+    if not data.is_dir():
+        raise UserError(f"{data}: no such data folder or .h5 file; pass the folder with test_view.h5/test_pose.h5")
+    splits = {name: data / f"{name}.h5" for name in ("test_view", "test_pose") if (data / f"{name}.h5").is_file()}
+    if not splits:
+        raise UserError(f"{data}: no test_view.h5 or test_pose.h5 in this folder; pass an .h5 file with --data")
+    return splits
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """A small text table of split -> metrics."""
+    lines = [f"{'split':<12} {'frames':>6} {'PSNR':>7} {'SSIM':>6} {'PSNR fg':>8} {'SSIM fg':>8} {'s/frame':>8}"]
+    for name, r in results.items():
+        lines.append(
+            f"{name:<12} {r['frames']:>6d} {r['psnr']:>7.2f} {r['ssim']:>6.3f} {r['psnr_fg']:>8.2f} "
+            f"{r['ssim_fg']:>8.3f} {r['seconds_per_frame']:>8.2f}"
+        )
+    return "\n".join(lines)
+
+
+def public(result: dict) -> dict:
+    """The JSON-able part of an ``evaluate_split`` result."""
+    return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def run_eval(args) -> dict:
+    """``fast-anerf eval``: metrics of a checkpoint on held-out splits, to screen and JSON."""
+    from fast_anerf.model import load_character
+    from fast_anerf.renderer import RenderSettings
+    from fast_anerf.train import pick_device, write_json_atomic
+
+    device = pick_device(args.device)
+    model, ckpt = load_character(args.ckpt, device=device, backend=args.backend)
+    model.eval()
+    data = args.data if args.data is not None else Path(ckpt.get("data", ""))
+    if args.data is None and not str(ckpt.get("data", "")):
+        raise UserError(f"{args.ckpt}: the checkpoint does not say which data it was trained on; pass --data")
+    data_dir = data.parent if data.is_file() and args.data is None else data
+    settings = RenderSettings.from_train(model.config.train, training=False)
+    results = {}
+    for name, path in find_eval_splits(data_dir).items():
+        results[name] = public(evaluate_split(model, load_split(path), settings, args.max_frames))
+    print(f"{model.describe()}  step {ckpt.get('step', '?')}  device {device}")
+    print(format_table(results))
+    poses = refined_pose_errors(ckpt)
+    if args.json is not None:
+        summary = {"checkpoint": str(args.ckpt), "step": ckpt.get("step"), "splits": results}
+        if poses is not None:
+            summary["poses"] = poses
+        write_json_atomic(args.json, summary)
+        print(f"wrote {args.json}")
+    return results
+
+
+def refined_pose_errors(ckpt: dict) -> dict | None:
+    """MPJPE / PA-MPJPE of the training data's poses before and after refinement, from a checkpoint.
+
+    Needs the refined poses in the checkpoint (a run that refined them) and ``gt_kp3d`` in the training file
+    it names; prints the table (or why there is none) and returns ``{"before", "after"}`` or None.
+    """
+    from fast_anerf.pose import RefinablePoses
+    from fast_anerf.pose_metrics import refinement_errors
+
+    state = (ckpt.get("poses") or {}).get("poses")
+    if state is None:
+        return None
+    path = Path(str(ckpt.get("data", "")))
+    if not path.is_file():
+        print(f"pose errors: skipped, the training data {path} is not there any more")
+        return None
+    split = load_split(path)
+    n_rows = state["root"].shape[0]
+    if split.gt_kp3d is None or split.gt_kp3d.shape != split.kp3d.shape or split.kp3d.shape[0] != n_rows:
+        print(f"pose errors: skipped, {path} has no gt_kp3d for its {n_rows} poses")
+        return None
+    poses = RefinablePoses(torch.zeros(n_rows, 24, 3), torch.zeros(n_rows, 3), state["rest_pose"], state["time_ids"])
+    poses.load_state_dict(state)
+    with torch.no_grad():
+        refined = poses()[0]
+    return refinement_errors(split, refined)

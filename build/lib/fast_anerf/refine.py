@@ -1,0 +1,88 @@
+"""``fast-anerf refine``: fit the poses of frames the model never saw, with the trained body model frozen.
+
+The photometric loss of the frozen character (mean appearance code) pulls each frame's skeleton into place;
+A-NeRF's hinge regulariser keeps rotations near the estimate and a temporal term smooths consecutive frames.
+Writes the refined poses as an A-NeRF .h5 (``refined.h5``) next to a report (``refine_report.json``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from fast_anerf.data.split import RayPool, load_split
+from fast_anerf.errors import UserError
+from fast_anerf.model import load_character
+from fast_anerf.pose import PoseRefiner, RefinablePoses
+from fast_anerf.pose_io import export_refined_poses
+from fast_anerf.pose_metrics import refinement_errors
+from fast_anerf.renderer import RenderSettings, render_rays
+
+
+def run_refine(args) -> dict:
+    """Refine the poses of ``args.data`` against the frozen model of ``args.ckpt``; see the module docstring."""
+    from fast_anerf.train import all_finite, photometric_loss, pick_device, write_json_atomic
+
+    out = Path(args.out)
+    if (out / "refined.h5").exists() and not args.overwrite:
+        raise UserError(f"{out / 'refined.h5'} exists; choose another --out or pass --overwrite")
+    device = pick_device(args.device)
+    model, _ = load_character(args.ckpt, device=device, backend=args.backend)
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    split = load_split(args.data)
+    generator = torch.Generator().manual_seed(args.seed)
+    pool = RayPool(split, args.rays_per_batch, min(64, split.n_images), generator)
+    poses = RefinablePoses(split.bones, split.kp3d[:, 0], model.rest_pose.cpu()).to(device)
+    first_image = {int(row): i for i, row in reversed(list(enumerate(split.pose_idxs.tolist())))}
+    paths = [split.img_paths[first_image[r]] for r in range(poses.n_poses)] if split.img_paths else []
+    refiner = PoseRefiner(poses, args.lr, temp_coef=args.temp_coef, img_paths=paths,
+                          reg_coef=args.reg_coef, reg_tol=args.reg_tol)  # fmt: skip
+    settings = RenderSettings.from_train(model.config.train, training=True)
+    settings = RenderSettings(settings.step_size, settings.n_samples, settings.cull_to_boxes, 0.0, True)
+    pose_idxs = split.pose_idxs.to(device)
+    print(f"{model.describe()}\nrefining {poses.n_poses} poses of {args.data} ({split.n_images} images) "
+          f"for {args.steps} steps on {device}")  # fmt: skip
+    start = time.perf_counter()
+    bad_steps, max_bad = 0, model.config.train.max_bad_steps
+    for step in range(1, args.steps + 1):
+        batch = {k: v.to(device) for k, v in pool.next_batch().items()}
+        skts, reg = refiner.skts(pose_idxs[batch["image_idx"]], step)
+        codes = torch.full_like(batch["image_idx"], -1)  # frames never seen: the mean appearance code
+        rendered = render_rays(model, batch["rays_o"], batch["rays_d"], skts, codes, batch["background"],
+                               settings, generator=generator)  # fmt: skip
+        photo = photometric_loss(rendered["rgb"], batch["rgb"], model.config.train.loss)
+        loss = photo + reg
+        loss.backward()
+        grads_finite = all_finite([p.grad for p in poses.parameters() if p.grad is not None])
+        if not (bool(torch.isfinite(loss)) and grads_finite):  # skip: one bad batch must not corrupt the poses
+            refiner.optimizer.zero_grad(set_to_none=True)
+            bad_steps += 1
+            print(f"step {step}: non-finite loss or gradient, step skipped", flush=True)
+            if bad_steps >= max_bad:
+                raise UserError(
+                    f"{args.data}: {bad_steps} consecutive non-finite steps up to step {step}; stopped, nothing "
+                    "written. Lower --lr or check the data and the checkpoint"
+                )
+            continue
+        bad_steps = 0
+        refiner.after_backward(step)
+        if step % 50 == 0 or step == args.steps:
+            mse = float((rendered["rgb"].detach() - batch["rgb"]).pow(2).mean())
+            print(f"step {step:>5}/{args.steps}  psnr {-10 * math.log10(max(mse, 1e-10)):6.2f}  "
+                  f"reg {float(reg.detach()):.4f}  {time.perf_counter() - start:6.1f}s", flush=True)  # fmt: skip
+    refined = poses.export()
+    report: dict = {"checkpoint": str(args.ckpt), "data": str(args.data), "steps": args.steps,
+                    "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    errors = refinement_errors(split, refined["kp3d"])
+    if errors is None:
+        print("no gt_kp3d with 24 joints in the data: pose errors not computed")
+    report.update(errors or {})
+    report["refined_poses"] = str(export_refined_poses(split.path, out / "refined.h5", refined))
+    write_json_atomic(out / "refine_report.json", report)
+    print(f"wrote {out / 'refined.h5'} and {out / 'refine_report.json'}")
+    return report

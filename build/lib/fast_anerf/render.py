@@ -1,0 +1,411 @@
+"""``fast-anerf render``: bullet-time orbits, new poses, held-out frames next to ground truth, and meshes.
+
+Render types (A-NeRF's ``run_render.py``, specs/anerf.md §4):
+
+* ``bullet``: for each chosen training frame, the camera orbits 360 degrees about the vertical (world y)
+  axis through the body's root: ``c2w`` is left-multiplied by a rotation about that axis, ``--n-views``
+  views. (A-NeRF rotates about the world origin after moving the camera/body there; same picture.)
+* ``retarget``: the character in other poses. Without a source it replays training frames with their own
+  cameras; with ``--source`` (an A-NeRF .h5 or an .npz, ``data/pose_files.py``) or ``--motion`` (a built-in
+  motion) OUR rest skeleton (``model.rest_pose``: our bone lengths) is re-posed with the source's joint
+  rotations and root positions, seen by one training camera.
+* ``interpolate``: slerp of every joint rotation (and a straight line for the root) between consecutive
+  chosen training poses, ``--n-steps`` poses per pair. ``animate``: the same for ``--joints`` only, the rest
+  of the body (and the root) keeps the first chosen pose (A-NeRF's ``animate``).
+* ``val``: held-out frames (``--source``, default ``test_view.h5`` next to the training data) with their
+  cameras and poses and the mean appearance code, each next to its ground truth, PSNR written on it.
+* ``mesh``: see ``mesh.py``.
+
+A pose here is ``(rotations [24, 3, 3] local to the parent, root [3] world)``; ``pose_to_skts`` turns it
+into the world-to-joint transforms the renderer takes. Training frames use the poses the model was trained
+on (refined ones when the checkpoint has them) and their own appearance code; new poses the mean code.
+Cameras are the training data's (c2w, focal, principal point), rescaled to ``--res``. Every image goes
+through ``renderer.render_image`` with the checkpoint's settings (occupancy skipping when the model has grids).
+Outputs: ``frames/NNNNN.png``, ``video.mp4``, ``video.gif``, ``render.json``, written atomically (``media.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fast_anerf.errors import UserError
+from fast_anerf.skeleton import (
+    N_JOINTS,
+    SMPL_JOINT_NAMES,
+    axis_angle_to_matrix,
+    forward_kinematics,
+    matrix_to_axis_angle,
+    rigid_inverse,
+    skts_to_pose,
+)
+
+DEFAULT_ANIMATE_JOINTS = ("right_shoulder", "right_elbow", "right_wrist", "right_hand")  # A-NeRF's S9 choice
+BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Poses
+# ---------------------------------------------------------------------------------------------
+def pose_to_skts(rest_pose: torch.Tensor, rotations: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
+    """Re-pose a rest skeleton ``[24, 3]`` with ``rotations [..., 24, 3, 3]`` and ``root [..., 3]``: ``skts``."""
+    _, l2ws = forward_kinematics(rest_pose.to(rotations), rotations, root.to(rotations))
+    return rigid_inverse(l2ws)
+
+
+def slerp(r0: torch.Tensor, r1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Rotations ``[..., 3, 3]`` a fraction ``w [n]`` of the way from ``r0`` to ``r1``: ``[n, ..., 3, 3]``."""
+    delta = matrix_to_axis_angle(r0.transpose(-1, -2) @ r1)  # [..., 3]
+    steps = w.reshape(-1, *([1] * delta.dim())) * delta
+    return r0 @ axis_angle_to_matrix(steps)
+
+
+def interpolate_poses(
+    rotations: torch.Tensor, roots: torch.Tensor, n_steps: int, joints: list[int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Poses between consecutive key poses: ``rotations [K, 24, 3, 3]``, ``roots [K, 3]`` ->
+    ``[(K-1)*n_steps + 1, 24, 3, 3]``, ``[..., 3]`` (each key pose appears once, the last one included).
+
+    ``joints=None``: every joint rotation is slerped and the root moves on a straight line. Otherwise only
+    ``joints`` move; all other joints and the root keep key pose 0 (A-NeRF's ``animate``).
+    """
+    w = torch.arange(n_steps, dtype=rotations.dtype) / n_steps
+    out_rot, out_root = [], []
+    for k in range(rotations.shape[0] - 1):
+        rot = slerp(rotations[k], rotations[k + 1], w)  # [n, 24, 3, 3]
+        root = roots[k] + w[:, None] * (roots[k + 1] - roots[k])
+        out_rot.append(rot)
+        out_root.append(root)
+    out_rot.append(rotations[-1:])
+    out_root.append(roots[-1:])
+    rot, root = torch.cat(out_rot), torch.cat(out_root)
+    if joints is not None:
+        keep = [j for j in range(N_JOINTS) if j not in joints]
+        rot[:, keep] = rotations[0, keep]
+        root = roots[:1].expand_as(root).clone()
+    return rot, root
+
+
+def parse_joints(names: tuple[str, ...]) -> list[int]:
+    """Joint names (``right_elbow``) or SMPL indices (``19``) -> indices; a one-line error for unknown ones."""
+    out = []
+    for name in names:
+        if name.isdigit() and int(name) < N_JOINTS:
+            out.append(int(name))
+        elif name in SMPL_JOINT_NAMES:
+            out.append(SMPL_JOINT_NAMES.index(name))
+        else:
+            raise UserError(f"--joints: unknown joint '{name}'; use SMPL indices 0-23 or names {SMPL_JOINT_NAMES}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Scene: the model, its training data's cameras and poses
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class View:
+    """One image to render. Tensors on the CPU; ``background`` is ``[3]`` or ``[H, W, 3]`` in [0, 1]."""
+
+    c2w: torch.Tensor  # [4, 4] OpenGL camera-to-world
+    focal: float  # pixels, at the output resolution
+    center: tuple[float, float]  # principal point (cx, cy), pixels
+    skts: torch.Tensor  # [24, 4, 4] world-to-joint
+    code_id: int  # appearance code, -1 = mean code
+    background: torch.Tensor
+    gt: torch.Tensor | None = None  # [H, W, 3] ground truth (val)
+
+
+def resize_image(image: np.ndarray | torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 or float ``[h, w, 3]`` -> float ``[H, W, 3]`` in [0, 1] (antialiased bilinear when resized)."""
+    t = torch.as_tensor(np.asarray(image))
+    t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
+    if t.shape[:2] != (height, width):
+        t = F.interpolate(t.permute(2, 0, 1)[None], (height, width), mode="bilinear", antialias=True)[0]
+        t = t.permute(1, 2, 0).clamp(0, 1)
+    return t
+
+
+def camera(data, i: int, height: int, width: int) -> tuple[torch.Tensor, float, tuple[float, float]]:
+    """Camera of image ``i`` of an opened .h5, rescaled to ``height x width``: focal by the height ratio (as
+    A-NeRF's ``--render_res``), the principal point by each axis' ratio."""
+    sy, sx = height / data.height, width / data.width
+    cx, cy = data.center(i)
+    c2w = torch.as_tensor(data.arrays["c2ws"][i], dtype=torch.float32)
+    return c2w, float(data.arrays["focals"][i]) * sy, (cx * sx, cy * sy)
+
+
+def background(kind: str, data, i: int, height: int, width: int) -> torch.Tensor:
+    """``white``/``black`` colour ``[3]``, or ``data``: image ``i``'s background image (white if it has none)."""
+    if kind in BACKGROUNDS:
+        return torch.tensor(BACKGROUNDS[kind])
+    image = data.background(i)
+    return torch.ones(3) if image is None else resize_image(image, height, width)
+
+
+def orbit_cameras(c2w: torch.Tensor, pivot: torch.Tensor, n_views: int) -> torch.Tensor:
+    """``n_views`` cameras ``[n, 4, 4]``: ``c2w`` rotated by ``2 pi k / n`` about the world-y axis through
+    ``pivot [3]`` (A-NeRF's bullet time; y is vertical in its world). View 0 is ``c2w`` itself."""
+    out = []
+    for k in range(n_views):
+        a = 2.0 * np.pi * k / n_views
+        c, s = float(np.cos(a)), float(np.sin(a))
+        rot = torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+        transform = torch.eye(4)
+        transform[:3, :3] = rot
+        transform[:3, 3] = pivot - rot @ pivot
+        out.append(transform @ c2w)
+    return torch.stack(out)
+
+
+def trained_skts(ckpt: dict, data, model, use_refined: bool = True) -> tuple[torch.Tensor, str]:
+    """Pose rows ``skts [P, 24, 4, 4]`` the model was trained on, and where they come from: the refined poses
+    stored in the checkpoint, else the file's ``gt_skts`` for ``--gt-poses`` runs, else its ``skts``."""
+    state = ckpt.get("poses")
+    if use_refined and isinstance(state, dict) and "poses" in state:
+        from fast_anerf.pose import RefinablePoses
+
+        sd = state["poses"]
+        n = sd["root"].shape[0]
+        poses = RefinablePoses(torch.zeros(n, N_JOINTS, 3), torch.zeros(n, 3), model.rest_pose.cpu(), sd["time_ids"])
+        poses.load_state_dict(sd)
+        with torch.no_grad():
+            return poses()[1].float(), "refined poses from the checkpoint"
+    if model.config.train.gt_poses and "gt_skts" in data.arrays:
+        return torch.as_tensor(data.arrays["gt_skts"], dtype=torch.float32), "true poses (gt_skts)"
+    return torch.as_tensor(data.arrays["skts"], dtype=torch.float32), "the data's poses (skts)"
+
+
+class Scene:
+    """A loaded checkpoint and its training data (kept open: images are read lazily)."""
+
+    def __init__(self, args) -> None:
+        from fast_anerf.data.anerf_h5 import open_anerf_h5
+        from fast_anerf.model import load_character
+        from fast_anerf.renderer import RenderSettings
+        from fast_anerf.train import pick_device
+
+        self.device = pick_device(args.device)
+        self.model, self.ckpt = load_character(args.ckpt, device=self.device, backend=args.backend)
+        self.model.eval()
+        stored = str(self.ckpt.get("data") or "")
+        path = Path(args.data) if args.data is not None else Path(stored) if stored else None
+        path = path / "train.h5" if path is not None and path.is_dir() else path
+        if args.data is not None and not path.is_file():
+            raise UserError(f"--data {args.data}: no such .h5 file (or folder with train.h5); pass the training data")
+        if path is None or not path.is_file():
+            raise UserError(f"{args.ckpt}: its training data '{path}' is not there; pass the .h5 with --data")
+        self.data = open_anerf_h5(path)
+        self.skts, self.pose_note = trained_skts(self.ckpt, self.data, self.model, args.refined)
+        if self.skts.shape[0] != self.data.n_poses:
+            self.skts, self.pose_note = torch.as_tensor(self.data.arrays["skts"]).float(), "the data's poses (skts)"
+        self.height, self.width = args.res if args.res is not None else (self.data.height, self.data.width)
+        self.settings = RenderSettings.from_train(self.model.config.train, training=False)
+        self.chunk = args.chunk or self.model.config.train.chunk_rays
+
+    @property
+    def n_images(self) -> int:
+        return self.data.n_images
+
+    def image_skts(self, i: int) -> torch.Tensor:
+        return self.skts[self.data.pose_index(i)]
+
+    def code(self, i: int) -> int:
+        """Training image ``i``'s own appearance code (the mean code if the model has no such code)."""
+        return i if i < self.model.n_frame_codes else -1
+
+    def check_frames(self, frames: tuple[int, ...]) -> list[int]:
+        for i in frames:
+            if not 0 <= i < self.n_images:
+                raise UserError(f"--frames/--camera {i}: out of range; {self.data.path} has {self.n_images} images")
+        return list(frames)
+
+    def fixed_view(self, cam: int, skts: torch.Tensor, code: int, bg: str) -> View:
+        c2w, focal, center = camera(self.data, cam, self.height, self.width)
+        return View(c2w, focal, center, skts, code, background(bg, self.data, cam, self.height, self.width))
+
+    def mean_root(self) -> torch.Tensor:
+        return skts_to_pose(self.skts)[1].mean(dim=0)
+
+    def close(self) -> None:
+        self.data.close()
+
+
+def spread(n: int, count: int) -> tuple[int, ...]:
+    """``count`` indices evenly spread over ``range(n)`` (distinct, sorted)."""
+    return tuple(sorted(set(np.linspace(0, n - 1, min(count, n)).round().astype(int).tolist())))
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans: the list of views of each render type
+# ---------------------------------------------------------------------------------------------
+def plan_bullet(scene: Scene, args) -> list[View]:
+    views = []
+    for i in scene.check_frames(args.frames or (0,)):
+        skts = scene.image_skts(i)
+        pivot = skts_to_pose(skts)[1]
+        base = scene.fixed_view(i, skts, scene.code(i), args.bg)
+        for c2w in orbit_cameras(base.c2w, pivot, args.n_views):
+            views.append(View(c2w, base.focal, base.center, skts, base.code_id, base.background))
+    return views
+
+
+def plan_retarget(scene: Scene, args) -> list[View]:
+    if args.source is None and args.motion is None:  # replay training frames, own cameras and codes
+        frames = scene.check_frames(args.frames or tuple(range(scene.n_images)))
+        return [scene.fixed_view(i, scene.image_skts(i), scene.code(i), args.bg) for i in frames]
+    if args.source is not None and args.motion is not None:
+        raise UserError("--source and --motion both given; retarget from one of them")
+    from fast_anerf.data.pose_files import builtin_motion, place_canonical, read_pose_file
+
+    cam = scene.check_frames((args.camera if args.camera is not None else 0,))[0]
+    mean_root = scene.mean_root()
+    if args.motion is not None:
+        bones, roots, canonical = *builtin_motion(args.motion, args.motion_frames), True
+    else:
+        bones, roots, canonical = read_pose_file(args.source)
+    if canonical:  # stand where the training subject stood, sized like our skeleton
+        bones, roots = place_canonical(bones, roots, scene.model.height, mean_root)
+    else:
+        bones, roots = torch.as_tensor(bones), torch.as_tensor(roots)
+        if args.recenter:
+            roots = roots - roots.mean(dim=0) + mean_root
+    rows = list(args.frames) if args.frames else list(range(len(bones)))
+    if any(not 0 <= r < len(bones) for r in rows):
+        raise UserError(f"--frames: out of range; the retarget source has {len(bones)} frames")
+    rotations = axis_angle_to_matrix(torch.as_tensor(bones[rows]))
+    skts = pose_to_skts(scene.model.rest_pose.cpu(), rotations, roots[rows].float())
+    return [scene.fixed_view(cam, s, -1, args.bg) for s in skts]
+
+
+def plan_interpolate(scene: Scene, args, joints: list[int] | None = None) -> list[View]:
+    frames = scene.check_frames(args.frames or spread(scene.n_images, 3))
+    if len(frames) < 2:
+        raise UserError(f"--type {args.type} needs at least 2 --frames to move between, got {len(frames)}")
+    rotations, roots = skts_to_pose(torch.stack([scene.image_skts(i) for i in frames]))
+    rot, root = interpolate_poses(rotations, roots, args.n_steps, joints)
+    cam = scene.check_frames((args.camera if args.camera is not None else frames[0],))[0]
+    skts = pose_to_skts(scene.model.rest_pose.cpu(), rot, root)
+    return [scene.fixed_view(cam, s, -1, args.bg) for s in skts]
+
+
+def held_out_path(scene: Scene, source: Path | None) -> Path:
+    if source is not None:
+        return Path(source)
+    folder = scene.data.path.parent
+    for name in ("test_view.h5", "test_pose.h5"):
+        if (folder / name).is_file():
+            return folder / name
+    raise UserError(f"{folder}: no test_view.h5 or test_pose.h5 next to the training data; pass --source FILE.h5")
+
+
+def plan_val(scene: Scene, args):
+    """Views of held-out frames with ground truth; returns ``(views, height, width)`` (the file's size)."""
+    from fast_anerf.data.anerf_h5 import open_anerf_h5
+
+    with open_anerf_h5(held_out_path(scene, args.source)) as val:
+        height, width = args.res if args.res is not None else (val.height, val.width)
+        frames = list(args.frames) if args.frames else list(range(val.n_images))
+        if any(not 0 <= i < val.n_images for i in frames):
+            raise UserError(f"--frames: out of range; {val.path} has {val.n_images} images")
+        skts = torch.as_tensor(val.arrays["skts"], dtype=torch.float32)
+        views = []
+        for i in frames:
+            c2w, focal, center = camera(val, i, height, width)
+            bg = background(args.bg, val, i, height, width)
+            gt = resize_image(val.image(i), height, width)
+            views.append(View(c2w, focal, center, skts[val.pose_index(i)], -1, bg, gt))
+    return views, height, width
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+def _check_args(args) -> None:
+    if args.res is not None and min(args.res) < 1:
+        raise UserError(f"--res {args.res[0]} {args.res[1]}: expected two positive sizes (H W)")
+    for name in ("n_views", "n_steps", "fps", "mesh_res", "motion_frames"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.type != "retarget" and (args.motion is not None or (args.source is not None and args.type != "val")):
+        raise UserError(f"--source/--motion are for --type retarget (and --source for val), not {args.type}")
+
+
+def render_views(scene: Scene, views: list[View], height: int, width: int, out, fps: int, title: str) -> dict:
+    """Render ``views`` into ``out.tmp`` (frames/NNNNN.png, video.mp4, video.gif); returns stats."""
+    from fast_anerf.evaluate import psnr
+    from fast_anerf.media import label, progress_bar, to_uint8, write_png, write_videos
+    from fast_anerf.renderer import render_image
+
+    images, psnrs = [], []
+    start = time.perf_counter()
+    with progress_bar() as bar:
+        task = bar.add_task(title, total=len(views), info="")
+        for k, v in enumerate(views):
+            result = render_image(
+                scene.model, v.c2w, v.focal, v.center, height, width, v.skts, v.code_id,
+                v.background, scene.settings, scene.chunk,
+            )  # fmt: skip
+            pred = result["rgb"].cpu().clamp(0, 1)
+            image = to_uint8(pred)
+            if v.gt is not None:
+                psnrs.append(psnr(pred, v.gt))
+                text = label(image, f"PSNR {psnrs[-1]:.2f} dB", short=f"{psnrs[-1]:.1f}")
+                image = np.concatenate([text, label(to_uint8(v.gt), "GT")], axis=1)
+            write_png(out.tmp / "frames" / f"{k:05d}.png", image)
+            images.append(image)
+            spf = (time.perf_counter() - start) / (k + 1)
+            bar.update(task, advance=1, info=f"{spf:.2f} s/frame" + (f"  PSNR {psnrs[-1]:.2f}" if psnrs else ""))
+    seconds = time.perf_counter() - start
+    videos = write_videos(images, out.tmp, "video", fps)
+    stats = {"frames": len(views), "seconds": seconds, "seconds_per_frame": seconds / max(len(views), 1)}
+    stats["outputs"] = ["frames/"] + [p.name for p in videos]
+    if psnrs:
+        stats.update(psnr=float(np.mean(psnrs)), psnr_per_frame=psnrs)
+    return stats
+
+
+def run_render(args) -> dict:
+    """``fast-anerf render``: validate everything, render into a temporary folder, rename it to ``--out``."""
+    from fast_anerf.media import MARKER, OutputDir
+    from fast_anerf.train import write_json_atomic
+
+    _check_args(args)
+    out = OutputDir(args.out)
+    scene = Scene(args)
+    try:
+        height, width = scene.height, scene.width
+        if args.type == "mesh":
+            from fast_anerf.mesh import plan_mesh, run_mesh
+
+            job = plan_mesh(scene, args)
+            with out:
+                stats = run_mesh(scene, job, args, out)
+                height, width = stats["resolution"]
+                write_json_atomic(out.tmp / MARKER, {"type": "mesh", "checkpoint": str(args.ckpt), **stats})
+                out.commit()
+        else:
+            if args.type == "val":
+                views, height, width = plan_val(scene, args)
+            elif args.type == "animate":
+                views = plan_interpolate(scene, args, parse_joints(args.joints or DEFAULT_ANIMATE_JOINTS))
+            else:
+                plans = {"bullet": plan_bullet, "retarget": plan_retarget, "interpolate": plan_interpolate}
+                views = plans[args.type](scene, args)
+            with out:
+                stats = render_views(scene, views, height, width, out, args.fps, f"render {args.type}")
+                info = {"type": args.type, "checkpoint": str(args.ckpt), "poses": scene.pose_note}
+                write_json_atomic(out.tmp / MARKER, {**info, "resolution": [height, width], **stats})
+                out.commit()
+    finally:
+        scene.close()
+    extra = f", mean PSNR {stats['psnr']:.2f} dB" if "psnr" in stats else ""
+    print(
+        f"{args.type}: {stats['frames']} frames at {height}x{width}, {stats['seconds_per_frame']:.2f} s/frame"
+        f"{extra} -> {out.final} ({', '.join(stats['outputs'])}, {MARKER})"
+    )
+    return stats

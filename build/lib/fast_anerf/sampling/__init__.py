@@ -1,0 +1,1 @@
+"""Sampling along rays and volume rendering."""
