@@ -101,6 +101,7 @@ def test_without_openmp_the_kernels_run_serially_with_equal_results(tmp_path, mo
     base = (bone_ids.index_select(0, order) * CFG.n_entries).contiguous()
     out = torch.empty(len(xs), CFG.n_output_dims)
     table = params.detach().contiguous()
-    lib.hg_forward(2, 0, len(xs), xs.data_ptr(), base.data_ptr(), table.data_ptr(), *_level_args(CFG), out.data_ptr())
+    ptrs = (xs.data_ptr(), base.data_ptr(), table.data_ptr())
+    lib.hg_forward(2, 0, len(xs), *ptrs, *_level_args(CFG), out.data_ptr(), None)  # (no derivatives)
     expected = hashgrid_cpu(x.detach(), bone_ids, table, CFG).index_select(0, order)
     assert torch.equal(out, expected)

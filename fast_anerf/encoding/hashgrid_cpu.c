@@ -74,10 +74,23 @@ static inline int block_corners(const float *x, const int64_t *base, int64_t i0,
     return m;
 }
 
-/* out [n, L * F]: features of points [start, stop). */
-static void hg_forward_piece(int64_t start, int64_t stop, const float *x, const int64_t *base, const float *table, int F,
-                int L, const double *scale, const uint32_t *mult, const int32_t *dense, const uint32_t *size,
-                const int64_t *offset, float *out) {
+/* d/dpos of the trilinear interpolation of corner values v[8] (corner k = 4*b0 + 2*b1 + b2), per dimension. */
+static inline void interp_gradient(const Corners *c, const float v[8], float d[3]) {
+    d[0] = d[1] = d[2] = 0.0f;
+    for (int b1 = 0; b1 < 2; ++b1)
+        for (int b2 = 0; b2 < 2; ++b2) {
+            d[0] += (v[4 + 2 * b1 + b2] - v[2 * b1 + b2]) * (c->wx[1][b1] * c->wx[2][b2]);
+            d[1] += (v[4 * b1 + 2 + b2] - v[4 * b1 + b2]) * (c->wx[0][b1] * c->wx[2][b2]);
+            d[2] += (v[4 * b1 + 2 * b2 + 1] - v[4 * b1 + 2 * b2]) * (c->wx[0][b1] * c->wx[1][b2]);
+        }
+}
+
+/* out [n, L * F]: features of points [start, stop). With jac (else NULL) also their derivatives d out / d x,
+ * jac [n, L, 3, F] (d pos / d x = scale): the corner values are in registers here, so the backward's x gradient
+ * becomes a dot product instead of a second pass of random table reads (as tcnn keeps dy/dx from its forward). */
+static void hg_forward_piece(int64_t start, int64_t stop, const float *x, const int64_t *base, const float *table,
+                             int F, int L, const double *scale, const uint32_t *mult, const int32_t *dense,
+                             const uint32_t *size, const int64_t *offset, float *out, float *jac) {
     Corners c[BLOCK];
     for (int l = 0; l < L; ++l) { /* level-major: one level's table at a time stays in cache */
         for (int64_t i0 = start; i0 < stop; i0 += BLOCK) {
@@ -85,12 +98,33 @@ static void hg_forward_piece(int64_t start, int64_t stop, const float *x, const 
             for (int j = 0; j < m; ++j) {
                 float *o = out + ((i0 + j) * L + l) * F;
                 for (int f = 0; f < F; ++f) {
-                    float acc = c[j].w[0] * table[c[j].idx[0] * F + f];
-                    for (int k = 1; k < 8; ++k) acc += c[j].w[k] * table[c[j].idx[k] * F + f];
+                    float v[8];
+                    for (int k = 0; k < 8; ++k) v[k] = table[c[j].idx[k] * F + f];
+                    float acc = c[j].w[0] * v[0];
+                    for (int k = 1; k < 8; ++k) acc += c[j].w[k] * v[k];
                     o[f] = acc;
+                    if (jac) {
+                        float d[3];
+                        interp_gradient(&c[j], v, d);
+                        for (int e = 0; e < 3; ++e) jac[(((i0 + j) * L + l) * 3 + e) * F + f] = (float)scale[l] * d[e];
+                    }
                 }
             }
         }
+    }
+}
+
+/* grad_x [n, 3] = d loss / d x of points [start, stop) from the forward's jac [n, L, 3, F] and grad_out [n, L*F]. */
+static void hg_backward_x_piece(int64_t start, int64_t stop, int F, int L, const float *jac, const float *grad_out,
+                                float *grad_x) {
+    for (int64_t i = start; i < stop; ++i) {
+        float gx[3] = {0.0f, 0.0f, 0.0f};
+        for (int l = 0; l < L; ++l) {
+            const float *g = grad_out + (i * L + l) * F, *jl = jac + (i * L + l) * 3 * F;
+            for (int e = 0; e < 3; ++e)
+                for (int f = 0; f < F; ++f) gx[e] += jl[e * F + f] * g[f];
+        }
+        for (int e = 0; e < 3; ++e) grad_x[3 * i + e] = gx[e];
     }
 }
 
@@ -106,39 +140,6 @@ static void hg_backward_table_piece(int64_t n, int l_start, int l_stop, const fl
                 const float *g = grad_out + ((i0 + j) * L + l) * F;
                 for (int k = 0; k < 8; ++k)
                     for (int f = 0; f < F; ++f) grad_table[c[j].idx[k] * F + f] += c[j].w[k] * g[f];
-            }
-        }
-}
-
-/* grad_x [n, 3] = d loss / d x for points [start, stop): d pos / d x = scale, d w / d frac from the corners. */
-static void hg_backward_x_piece(int64_t start, int64_t stop, const float *x, const int64_t *base, const float *table,
-                   const float *grad_out, int F, int L, const double *scale, const uint32_t *mult,
-                   const int32_t *dense, const uint32_t *size, const int64_t *offset, float *grad_x) {
-    Corners c[BLOCK];
-    for (int64_t i = start; i < stop; ++i) { /* zeroed here, accumulated level by level below */
-        for (int e = 0; e < 3; ++e) grad_x[3 * i + e] = 0.0f;
-    }
-    for (int l = 0; l < L; ++l)
-        for (int64_t i0 = start; i0 < stop; i0 += BLOCK) {
-            const int m = block_corners(x, base, i0, stop, l, scale, mult, dense, size, offset, table, F, c);
-            for (int j = 0; j < m; ++j) {
-                const Corners *cj = &c[j];
-                const float *g = grad_out + ((i0 + j) * L + l) * F;
-                float vg[8];
-                for (int k = 0; k < 8; ++k) {
-                    float s = 0.0f;
-                    for (int f = 0; f < F; ++f) s += table[cj->idx[k] * F + f] * g[f];
-                    vg[k] = s;
-                }
-                float d[3] = {0.0f, 0.0f, 0.0f};
-                for (int b1 = 0; b1 < 2; ++b1)
-                    for (int b2 = 0; b2 < 2; ++b2) {
-                        d[0] += (vg[4 + 2 * b1 + b2] - vg[2 * b1 + b2]) * (cj->wx[1][b1] * cj->wx[2][b2]);
-                        d[1] += (vg[4 * b1 + 2 + b2] - vg[4 * b1 + b2]) * (cj->wx[0][b1] * cj->wx[2][b2]);
-                        d[2] += (vg[4 * b1 + 2 * b2 + 1] - vg[4 * b1 + 2 * b2]) * (cj->wx[0][b1] * cj->wx[1][b2]);
-                    }
-                float *gx = grad_x + 3 * (i0 + j);
-                for (int e = 0; e < 3; ++e) gx[e] += (float)scale[l] * d[e];
             }
         }
 }
@@ -382,9 +383,10 @@ static void fused_visibility_piece(int64_t r0, int64_t r1, const float *origins,
 #define LEVEL_VALUES F, L, scale, mult, dense, size, offset
 #define FIELD_VALUES J, box_min, box_size, margin, mask, R, table, n_entries, LEVEL_VALUES
 
+/* jac: NULL, or [n, L, 3, F] (see hg_forward_piece). */
 void hg_forward(int pieces, int64_t start, int64_t stop, const float *x, const int64_t *base, const float *table,
-                LEVEL_PARAMS, float *out) {
-    PARALLEL_PIECES(pieces, start, stop, hg_forward_piece(a, b, x, base, table, LEVEL_VALUES, out));
+                LEVEL_PARAMS, float *out, float *jac) {
+    PARALLEL_PIECES(pieces, start, stop, hg_forward_piece(a, b, x, base, table, LEVEL_VALUES, out, jac));
 }
 
 void hg_backward_table(int pieces, int l_start, int l_stop, int64_t n, const float *x, const int64_t *base,
@@ -393,9 +395,9 @@ void hg_backward_table(int pieces, int l_start, int l_stop, int64_t n, const flo
                     hg_backward_table_piece(n, (int)a, (int)b, x, base, grad_out, LEVEL_VALUES, grad_table));
 }
 
-void hg_backward_x(int pieces, int64_t start, int64_t stop, const float *x, const int64_t *base, const float *table,
-                   const float *grad_out, LEVEL_PARAMS, float *grad_x) {
-    PARALLEL_PIECES(pieces, start, stop, hg_backward_x_piece(a, b, x, base, table, grad_out, LEVEL_VALUES, grad_x));
+void hg_backward_x(int pieces, int64_t start, int64_t stop, int F, int L, const float *jac, const float *grad_out,
+                   float *grad_x) {
+    PARALLEL_PIECES(pieces, start, stop, hg_backward_x_piece(a, b, F, L, jac, grad_out, grad_x));
 }
 
 /* status [pieces]: one per piece. */

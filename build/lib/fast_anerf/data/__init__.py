@@ -1,1 +1,0 @@
-"""Data: A-NeRF .h5 files, the built-in character, rays."""

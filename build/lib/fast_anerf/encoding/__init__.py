@@ -1,1 +1,0 @@
-"""Encodings: tiny-cuda-nn-layout hash grids and MLPs."""

@@ -1,1 +1,0 @@
-"""Sampling along rays and volume rendering."""
