@@ -110,6 +110,7 @@ class TrainConfig:
     # gt_kp3d, or there is no gt_kp3d) and training does not use --gt-poses.
     refine_poses: Literal["auto", "on", "off"] = "auto"
     pose_lr: float = 1e-3
+    pose_lr_decay_rate: float = 1.0  # the pose lr is multiplied by this over decay_steps (exponential; 1 = constant)
     pose_step_every: int = 1  # A-NeRF steps its pose optimiser every 20-50 iterations (of 500k)
     pose_start: int = 200  # poses move after this many steps (the body needs a rough shape first)
     pose_stop: int = 0  # poses freeze from this step on (A-NeRF's --opt_pose_stop); 0 = never

@@ -280,6 +280,10 @@ class Trainer:
         factor = cfg.decay_rate ** (self.step / cfg.decay_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
+        if self.refiner is not None:
+            pose_factor = cfg.pose_lr_decay_rate ** (self.step / cfg.decay_steps)
+            for group in self.refiner.optimizer.param_groups:
+                group["lr"] = cfg.pose_lr * pose_factor
 
     def train_step(self) -> dict | None:
         """One optimisation step; returns its stats, or None when it was skipped (non-finite loss)."""

@@ -207,3 +207,25 @@ def test_forward_kinematics_by_depth_equals_joint_by_joint(batch):
     (ref_grad,) = torch.autograd.grad((ref_kp3d * weights).sum() + ref_rot.sum(), bones)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
     assert float(grad.abs().max()) > 0.1
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.1])
+def test_pose_learning_rate_follows_its_decay(tmp_path, tiny_data, rate):
+    """``pose_lr_decay_rate``: the pose optimiser's lr is ``pose_lr * rate ** (step / decay_steps)`` at every
+    step (1.0 = constant), also after a resume."""
+    from fast_anerf.cli import Train
+
+    def lr_after(steps: int, resume: bool) -> tuple[float, int]:
+        trainer = _tiny_trainer(Train(data=tiny_data, out=tmp_path / "run", steps=steps, device="cpu",
+                                      resume=resume), pose_lr_decay_rate=rate, pose_start=0, decay_steps=40)  # fmt: skip
+        trainer.eval_splits = {}
+        for _ in range(steps - trainer.step):
+            trainer.train_step()
+        trainer.save()
+        return trainer.refiner.optimizer.param_groups[0]["lr"], trainer.step
+
+    cfg_lr = _tiny_trainer(Train(data=tiny_data, out=tmp_path / "probe", device="cpu")).config.train.pose_lr
+    lr, step = lr_after(20, resume=False)
+    assert step == 20 and lr == pytest.approx(cfg_lr * rate ** (20 / 40), rel=1e-12)
+    lr, step = lr_after(30, resume=True)
+    assert step == 30 and lr == pytest.approx(cfg_lr * rate ** (30 / 40), rel=1e-12)
