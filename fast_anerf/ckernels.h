@@ -3,7 +3,8 @@
  * Threads: each kernel works on a range [start, stop) of independent items (points, rays, levels) and has an
  * exported ``NAME_mt(pieces, start, stop, ...)`` twin that splits the range into ``pieces`` near-equal pieces and
  * runs them on OpenMP threads. Built with -fopenmp, the library links libgomp.so.1, which the dynamic loader
- * resolves to the copy torch already loaded, so the kernels run on torch's own intra-op threads. Handing the
+ * resolves to the copy torch already loaded (Linux wheels of torch ship libgomp), so the kernels run on torch's
+ * own intra-op threads; with another OpenMP runtime in torch (macOS: libomp) two thread pools share the cores. Handing the
  * pieces to Python threads instead (the design before) cost 2-3 ms per call on a 2-core CPU: the hand-off, and
  * torch's OpenMP workers still spinning after its last op, fighting our threads for the cores (the table
  * gradient of a 29k-point batch: 5.9-7.0 ms from Python threads, 3.5 ms on the OpenMP threads). Without OpenMP

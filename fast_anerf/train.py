@@ -178,6 +178,7 @@ class Trainer:
             refine_poses=args.refine_poses,
             pose_stop=args.pose_stop,
             temp_coef=args.temp_coef,
+            pose_lr_decay_rate=args.pose_lr_decay,
             multiview=True if args.multiview else None,
             backend=args.backend if args.backend != "auto" else None,
             device=args.device if args.device != "auto" else None,

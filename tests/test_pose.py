@@ -211,13 +211,15 @@ def test_forward_kinematics_by_depth_equals_joint_by_joint(batch):
 
 @pytest.mark.parametrize("rate", [1.0, 0.1])
 def test_pose_learning_rate_follows_its_decay(tmp_path, tiny_data, rate):
-    """``pose_lr_decay_rate``: the pose optimiser's lr is ``pose_lr * rate ** (step / decay_steps)`` at every
-    step (1.0 = constant), also after a resume."""
+    """``--pose-lr-decay`` (``pose_lr_decay_rate``): the pose optimiser's lr is ``pose_lr * rate ** (step /
+    decay_steps)`` at every step (1.0 = constant), also after a resume."""
     from fast_anerf.cli import Train
 
     def lr_after(steps: int, resume: bool) -> tuple[float, int]:
-        trainer = _tiny_trainer(Train(data=tiny_data, out=tmp_path / "run", steps=steps, device="cpu",
-                                      resume=resume), pose_lr_decay_rate=rate, pose_start=0, decay_steps=40)  # fmt: skip
+        args = Train(
+            data=tiny_data, out=tmp_path / "run", steps=steps, device="cpu", resume=resume, pose_lr_decay=rate
+        )  # the CLI flag
+        trainer = _tiny_trainer(args, pose_start=0, decay_steps=40)
         trainer.eval_splits = {}
         for _ in range(steps - trainer.step):
             trainer.train_step()
