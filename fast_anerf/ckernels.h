@@ -1,13 +1,13 @@
 /* Shared by the project's C kernels: ckernels.py force-includes this file (-include) when it builds them.
  *
- * Threads: each kernel works on a range [start, stop) of independent items (points, rays, levels) and has an
- * exported ``NAME_mt(pieces, start, stop, ...)`` twin that splits the range into ``pieces`` near-equal pieces and
+ * Threads: each kernel's body (``NAME_piece``) works on a range [start, stop) of independent items (points, rays,
+ * levels); the exported ``NAME(pieces, start, stop, ...)`` splits the range into ``pieces`` near-equal pieces and
  * runs them on OpenMP threads. Built with -fopenmp, the library links libgomp.so.1, which the dynamic loader
  * resolves to the copy torch already loaded (Linux wheels of torch ship libgomp), so the kernels run on torch's
- * own intra-op threads; with another OpenMP runtime in torch (macOS: libomp) two thread pools share the cores. Handing the
- * pieces to Python threads instead (the design before) cost 2-3 ms per call on a 2-core CPU: the hand-off, and
- * torch's OpenMP workers still spinning after its last op, fighting our threads for the cores (the table
- * gradient of a 29k-point batch: 5.9-7.0 ms from Python threads, 3.5 ms on the OpenMP threads). Without OpenMP
+ * own intra-op threads (with another OpenMP runtime in torch, e.g. libomp on macOS, two pools share the cores).
+ * Handing the pieces to Python threads instead (the design before) cost 2-3 ms per call on a 2-core CPU: the
+ * hand-off, and torch's OpenMP workers still spinning after its last op, fighting our threads for the cores (the
+ * table gradient of a 29k-point batch: 5.9-7.0 ms from Python threads, 3.5 ms on the OpenMP threads). Without OpenMP
  * (a compiler that lacks it) the pragma is ignored and the pieces run one after another on the caller's thread.
  *
  * Floating-point control: each piece runs under the caller's MXCSR (flush-to-zero / denormals-are-zero), then
@@ -25,7 +25,7 @@ static inline unsigned fpu_control_get(void) { return 0u; }
 static inline void fpu_control_set(unsigned value) { (void)value; }
 #endif
 
-/* 1 when built with OpenMP (the _mt twins then run their pieces in parallel), else 0. */
+/* 1 when built with OpenMP (the exported kernels then run their pieces in parallel), else 0. */
 int kernels_openmp(void) {
 #ifdef _OPENMP
     return 1;

@@ -7,8 +7,8 @@ has it, into a shared library cached under ``$FAST_ANERF_CACHE/kernels`` (defaul
 named by a hash of sources, compiler and flags and written atomically (concurrent first uses are safe). ~0.3 s
 per file. Loaded with ``ctypes``.
 
-Threads: every kernel has an ``NAME_mt(pieces, start, stop, ...)`` twin that runs ``pieces`` parts of its range
-on OpenMP threads, which are torch's own (``ckernels.h`` says why that matters); ``pieces_for`` picks how many.
+Threads: every exported kernel takes ``(pieces, start, stop, ...)`` and runs ``pieces`` parts of its range on
+OpenMP threads, which are torch's own (``ckernels.h`` says why that matters); ``pieces_for`` picks how many.
 A compiler without OpenMP gives kernels that run on the caller's thread alone (``openmp(lib)`` is then False).
 
 No compiler, or a failed build: ``load_library`` returns ``(None, why)``; each caller then uses its
@@ -89,7 +89,7 @@ def _build_and_load(compiler: str, flags: tuple[str, ...], source: Path) -> tupl
 
 
 def openmp(lib: ctypes.CDLL) -> bool:
-    """Whether ``lib``'s ``_mt`` kernels run their pieces in parallel (built with OpenMP)."""
+    """Whether ``lib``'s kernels run their pieces in parallel (built with OpenMP)."""
     return bool(lib.kernels_openmp())
 
 

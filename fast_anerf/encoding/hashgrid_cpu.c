@@ -130,8 +130,9 @@ static void hg_backward_x_piece(int64_t start, int64_t stop, int F, int L, const
 
 /* grad_table += d loss / d table for levels [l_start, l_stop) and all n points (levels own disjoint entries). */
 static void hg_backward_table_piece(int64_t n, int l_start, int l_stop, const float *x, const int64_t *base,
-                       const float *grad_out, int F, int L, const double *scale, const uint32_t *mult,
-                       const int32_t *dense, const uint32_t *size, const int64_t *offset, float *grad_table) {
+                                    const float *grad_out, int F, int L, const double *scale, const uint32_t *mult,
+                                    const int32_t *dense, const uint32_t *size, const int64_t *offset,
+                                    float *grad_table) {
     Corners c[BLOCK];
     for (int l = l_start; l < l_stop; ++l)
         for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
@@ -266,8 +267,8 @@ static void blend_block(const Field *f, int64_t n, const float *x, const float *
 /* blend_block over samples [start, stop) of x, d [n, J, 3], in blocks of BLEND_SAMPLES samples; feats [n, L*F],
  * wsum [n], dblend [n, 3] (or NULL); *status = 1 when the pair buffers could not be allocated, else 0. */
 #define BLEND_SAMPLES 128
-static void hg_blend_forward_piece(int64_t start, int64_t stop, const float *x, const float *d, FIELD_ARGS, float *feats,
-                      float *wsum, float *dblend, int *status) {
+static void hg_blend_forward_piece(int64_t start, int64_t stop, const float *x, const float *d, FIELD_ARGS,
+                                   float *feats, float *wsum, float *dblend, int *status) {
     const Field f = FIELD_INIT;
     const int W = L * F;
     Pairs p;
@@ -322,10 +323,11 @@ static float mlp_first_output(const float *mlp, const float *in, int n_in, int N
  * and the ray stops once exp(-depth) < eps (depth in double, as the PyTorch twin). keep is written only for
  * the candidates evaluated (the caller zeroes it); *evaluated = their number; *status = 1 on a failed allocation. */
 #define WAVE 32
-static void fused_visibility_piece(int64_t r0, int64_t r1, const float *origins, const float *dirs, const float *ray_scale,
-                      const int64_t *first, const int64_t *count, const float *t_starts, const float *t_ends,
-                      FIELD_ARGS, const float *mlp, int n_neurons, int n_hidden, float bias, float height,
-                      double eps, float alpha_thre, uint8_t *keep, int64_t *evaluated, int *status) {
+static void fused_visibility_piece(int64_t r0, int64_t r1, const float *origins, const float *dirs,
+                                   const float *ray_scale, const int64_t *first, const int64_t *count,
+                                   const float *t_starts, const float *t_ends, FIELD_ARGS, const float *mlp,
+                                   int n_neurons, int n_hidden, float bias, float height, double eps,
+                                   float alpha_thre, uint8_t *keep, int64_t *evaluated, int *status) {
     const Field f = FIELD_INIT;
     const int W = L * F;
     Pairs p;

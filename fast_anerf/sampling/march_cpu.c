@@ -18,10 +18,10 @@
 #include <math.h>
 #include <stdint.h>
 
-static void march_occupied_piece(int64_t start, int64_t stop, int J, int64_t K, const float *t_in, const float *t_out,
-                    const uint8_t *hit, const float *origins, const float *directions, const float *anchor,
-                    const float *dt, const float *far, const uint8_t *binaries, int R, const float *box_min,
-                    const float *box_size, uint8_t *keep) {
+static void march_occupied_piece(int64_t start, int64_t stop, int J, int64_t K, const float *t_in,
+                                 const float *t_out, const uint8_t *hit, const float *origins, const float *directions,
+                                 const float *anchor, const float *dt, const float *far, const uint8_t *binaries,
+                                 int R, const float *box_min, const float *box_size, uint8_t *keep) {
     const float res = (float)R;
     const int64_t cells = (int64_t)R * R * R;
     for (int64_t r = start; r < stop; ++r) {
@@ -60,8 +60,9 @@ static void march_occupied_piece(int64_t start, int64_t stop, int J, int64_t K, 
  * |d| < 1e-12), t_in = max over axes of min(t0, t1), clamped to >= 0, t_out = min over axes of max(t0, t1),
  * hit = t_out > t_in. origins, directions [n_rays, J, 3]; box_min, box_max [J, 3]; t_in, t_out [n_rays, J]
  * float32 and hit [n_rays, J] uint8 written here. (Finite inputs: NaN propagates differently than in torch.) */
-static void ray_box_intervals_piece(int64_t start, int64_t stop, int J, const float *origins, const float *directions,
-                       const float *box_min, const float *box_max, float *t_in, float *t_out, uint8_t *hit) {
+static void ray_box_intervals_piece(int64_t start, int64_t stop, int J, const float *origins,
+                                    const float *directions, const float *box_min, const float *box_max, float *t_in,
+                                    float *t_out, uint8_t *hit) {
     for (int64_t r = start; r < stop; ++r)
         for (int j = 0; j < J; ++j) {
             const int64_t h = r * J + j;
