@@ -60,7 +60,7 @@ class Train:
     """Temporal smoothness weight between consecutive frames (A-NeRF's --temp_coef, e.g. 0.05); 0 = off."""
     pose_lr_decay: float | None = None
     """Anneal the pose learning rate by this factor over the preset's decay_steps (demo: 0.1: poses settle and
-    end more accurate); 1 = constant, which keeps held-out renders ~0.5 dB sharper on the built-in character."""
+    end more accurate); 1 = constant."""
     multiview: bool = False
     """Images of one time instant (same kp_idxs) share their non-root joint rotations (A-NeRF's --multiview)."""
 

@@ -111,6 +111,8 @@ class TrainConfig:
     refine_poses: Literal["auto", "on", "off"] = "auto"
     pose_lr: float = 1e-3
     pose_lr_decay_rate: float = 1.0  # the pose lr is multiplied by this over decay_steps (exponential; 1 = constant)
+    pose_jitter_rot: float = 0.0  # training-time pose jitter (pose.py): rotation sigma, radians
+    pose_jitter_trans: float = 0.0  # and translation sigma, a fraction of the skeleton height
     pose_step_every: int = 1  # A-NeRF steps its pose optimiser every 20-50 iterations (of 500k)
     pose_start: int = 200  # poses move after this many steps (the body needs a rough shape first)
     pose_stop: int = 0  # poses freeze from this step on (A-NeRF's --opt_pose_stop); 0 = never

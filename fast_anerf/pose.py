@@ -14,6 +14,13 @@ loss reaches the poses through the samples' bone coordinates. Regularisers:
 
 Multi-view (A-NeRF's ``--multiview``): images of one time instant share the non-root rotations; each view
 keeps its own root rotation and root position (they absorb the unknown extrinsics).
+
+Pose jitter (training only, ``PoseRefiner(jitter=...)``): each step, every pose row's bone frames are moved by
+a small random rigid transform (``rigid_jitter``) before the field sees them. Once annealed poses stop moving,
+the field fits the single training camera and held-out PSNR falls; poses that keep moving act as augmentation.
+Built-in character, 4000 steps, means of seeds 0/1 (configs/demo.toml): test_view 25.64 dB annealed, 26.08 dB
+annealed with jitter (0.02 rad, 0.2 % of the height), 26.20 dB with a constant pose lr (seeds 0/1/2); MPJPE -54.5,
+-54.2 and -36.0 %.
 """
 
 from __future__ import annotations
@@ -127,6 +134,16 @@ class RefinablePoses(nn.Module):
         return coef * ((ang + pos) * valid.float()[:, None]).mean()
 
 
+def rigid_jitter(n: int, n_joints: int, rot_sigma: float, trans_sigma: float, generator) -> torch.Tensor:
+    """``[n, n_joints, 4, 4]`` small random rigid transforms: rotation by an axis-angle vector with independent
+    ``N(0, rot_sigma^2)`` components (radians), translation ``N(0, trans_sigma^2)`` per axis (world units)."""
+    rot = axis_angle_to_matrix(torch.randn(n, n_joints, 3, generator=generator) * rot_sigma)
+    out = torch.eye(4).repeat(n, n_joints, 1, 1)
+    out[..., :3, :3] = rot
+    out[..., :3, 3] = torch.randn(n, n_joints, 3, generator=generator) * trans_sigma
+    return out
+
+
 _FRAME_NUMBER = re.compile(r"^(.*?)(\d+)(\D*)$")
 
 
@@ -168,8 +185,12 @@ class PoseRefiner:
 
     def __init__(self, poses: RefinablePoses, lr: float, step_every: int = 1, start: int = 0, stop: int = 0,
                  reg_coef: float = 2.0, reg_tol: float = 0.01, temp_coef: float = 0.0,
-                 img_paths: list[str] | None = None) -> None:  # fmt: skip
+                 img_paths: list[str] | None = None,
+                 jitter: tuple[float, float, int] = (0.0, 0.0, 0)) -> None:  # fmt: skip
+        """``jitter``: (rotation sigma in radians, translation sigma in world units, seed) of the training-time pose
+        jitter (module docstring); zeros: none."""
         self.poses = poses
+        self.jitter = jitter
         self.optimizer = torch.optim.Adam(poses.parameters(), lr=lr)
         self.step_every, self.start, self.stop = max(1, step_every), start, stop
         self.reg_coef, self.reg_tol, self.temp_coef = reg_coef, reg_tol, temp_coef
@@ -186,14 +207,26 @@ class PoseRefiner:
         unique_rows, inverse = rows.unique(return_inverse=True)
         if not self.active(step):
             with torch.no_grad():
-                return self.poses(unique_rows)[1].index_select(0, inverse), torch.zeros((), device=rows.device)
+                skts = self._jittered(self.poses(unique_rows)[1], unique_rows, step)
+                return skts.index_select(0, inverse), torch.zeros((), device=rows.device)
         kp3d, skts = self.poses(unique_rows)
+        skts = self._jittered(skts, unique_rows, step)
         loss = self.poses.hinge_regulariser(unique_rows, self.reg_tol, self.reg_coef)
         if self.temp_coef > 0:
             neighbours = (self.prev[unique_rows], self.next[unique_rows], self.valid[unique_rows])
             loss = loss + self.poses.temporal_loss(unique_rows, *neighbours, self.temp_coef, cur_kp=kp3d)
         # index_select: its backward (index_add) is ~6x faster than that of skts[inverse] (index_put) here.
         return skts.index_select(0, inverse), loss
+
+    def _jittered(self, skts: torch.Tensor, rows: torch.Tensor, step: int) -> torch.Tensor:
+        """``skts [U, 24, 4, 4]`` of pose ``rows [U]`` moved by this step's jitter (the same for a row and step on
+        every run: seeded by seed and step, so a resumed run repeats it)."""
+        rot_sigma, trans_sigma, seed = self.jitter
+        if rot_sigma <= 0 and trans_sigma <= 0:
+            return skts
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        noise = rigid_jitter(self.poses.n_poses, skts.shape[1], rot_sigma, trans_sigma, generator)
+        return noise.to(skts.device).index_select(0, rows) @ skts
 
     def after_backward(self, step: int) -> None:
         """Step the pose optimiser every ``step_every`` active steps (gradients accumulate in between)."""

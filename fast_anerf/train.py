@@ -222,8 +222,9 @@ class Trainer:
         # One image path per pose row (its first image) identifies consecutive frames for the temporal loss.
         first_image = {int(row): i for i, row in reversed(list(enumerate(split.pose_idxs.tolist())))}
         paths = [split.img_paths[first_image[r]] for r in range(poses.n_poses)] if split.img_paths else []
+        jitter = (cfg.pose_jitter_rot, cfg.pose_jitter_trans * float(self.model.height), cfg.seed)
         return PoseRefiner(poses, cfg.pose_lr, cfg.pose_step_every, cfg.pose_start, cfg.pose_stop,
-                           cfg.pose_reg_coef, cfg.pose_reg_tol, cfg.temp_coef, paths)  # fmt: skip
+                           cfg.pose_reg_coef, cfg.pose_reg_tol, cfg.temp_coef, paths, jitter)  # fmt: skip
 
     def _multiview_time_ids(self) -> torch.Tensor:
         from fast_anerf.data.anerf_h5 import open_anerf_h5

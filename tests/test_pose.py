@@ -231,3 +231,44 @@ def test_pose_learning_rate_follows_its_decay(tmp_path, tiny_data, rate):
     assert step == 20 and lr == pytest.approx(cfg_lr * rate ** (20 / 40), rel=1e-12)
     lr, step = lr_after(30, resume=True)
     assert step == 30 and lr == pytest.approx(cfg_lr * rate ** (30 / 40), rel=1e-12)
+
+
+def test_rigid_jitter_is_rigid_with_the_requested_spread():
+    from fast_anerf.pose import rigid_jitter
+
+    g = torch.Generator().manual_seed(0)
+    jitter = rigid_jitter(500, 24, 0.02, 0.003, g)  # [500, 24, 4, 4]
+    rot, trans = jitter[..., :3, :3], jitter[..., :3, 3]
+    torch.testing.assert_close(rot.transpose(-1, -2) @ rot, torch.eye(3).expand_as(rot), atol=1e-6, rtol=0)
+    assert torch.allclose(torch.linalg.det(rot), torch.ones(500, 24), atol=1e-6)
+    assert torch.equal(jitter[..., 3, :], torch.tensor([0.0, 0.0, 0.0, 1.0]).expand(500, 24, 4))
+    angle = torch.arccos(((rot.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1))
+    assert float(angle.pow(2).mean().sqrt()) == pytest.approx(0.02 * 3**0.5, rel=0.05)  # |N(0, s^2 I_3)|
+    assert float(trans.std()) == pytest.approx(0.003, rel=0.05)
+    assert torch.equal(rigid_jitter(3, 24, 0.0, 0.0, g), torch.eye(4).expand(3, 24, 4, 4))
+
+
+@pytest.mark.parametrize("active", [True, False])
+def test_pose_jitter_is_per_row_and_step_and_repeatable(active):
+    """Training-time jitter: rays of one pose row share it, another step draws another, the same step the same
+    (a resumed run repeats it); without jitter the refiner's skts are the poses' own."""
+    from fast_anerf.pose import PoseRefiner
+
+    g = torch.Generator().manual_seed(1)
+    poses = RefinablePoses(torch.randn(6, 24, 3, generator=g) * 0.2, torch.randn(6, 3, generator=g), REST)
+    plain = PoseRefiner(poses, 1e-3, start=0 if active else 10**6)
+    jittered = PoseRefiner(poses, 1e-3, start=0 if active else 10**6, jitter=(0.02, 0.003, 7))
+    rows = torch.tensor([3, 1, 3, 5])
+    base = plain.skts(rows, 5)[0]
+    torch.testing.assert_close(base, poses(rows)[1])
+    a, b, c = jittered.skts(rows, 5)[0], jittered.skts(rows, 5)[0], jittered.skts(rows, 6)[0]
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    assert torch.equal(a[0], a[2])  # same row, same step: the same transform
+    relative = a @ torch.linalg.inv(base)  # the jitter itself: rigid and small
+    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0]).expand(4, 24, 4)
+    torch.testing.assert_close(relative[..., 3, :], bottom, atol=1e-5, rtol=0)
+    moved = (relative[..., :3, :3] - torch.eye(3)).detach().abs().amax()
+    assert 1e-3 < float(moved) < 0.2
+    if active:  # gradients still reach the poses through the jittered frames
+        a.sum().backward()
+        assert poses.joint_rot6d.grad.abs().sum() > 0 and poses.root.grad.abs().sum() > 0
