@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -99,21 +98,3 @@ def pieces_for(lib: ctypes.CDLL, items: int, min_items_per_piece: int) -> int:
     if not openmp(lib):
         return 1
     return max(1, min(torch.get_num_threads(), items // max(1, min_items_per_piece)))
-
-
-_POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}  # per (pid, threads): forked children get new ones
-
-
-def thread_pool() -> ThreadPoolExecutor | None:
-    """Worker threads for the plain-PyTorch hash grid's per-level scatters (None with one torch thread)."""
-    n = torch.get_num_threads()
-    if n < 2:
-        return None
-    key = (os.getpid(), n)
-    if key not in _POOL:
-        # Every worker flushes denormals like the trainer's main thread (the flag is per thread): otherwise a
-        # level's scatter rounds differently depending on which worker runs it, and runs stop being repeatable.
-        _POOL[key] = ThreadPoolExecutor(
-            max_workers=n, thread_name_prefix="fast_anerf", initializer=torch.set_flush_denormal, initargs=(True,)
-        )
-    return _POOL[key]

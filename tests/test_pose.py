@@ -214,6 +214,7 @@ def test_pose_learning_rate_follows_its_decay(tmp_path, tiny_data, rate):
     """``--pose-lr-decay`` (``pose_lr_decay_rate``): the pose optimiser's lr is ``pose_lr * rate ** (step /
     decay_steps)`` at every step (1.0 = constant), also after a resume."""
     from fast_anerf.cli import Train
+    from fast_anerf.config import load_preset
 
     def lr_after(steps: int, resume: bool) -> tuple[float, int]:
         args = Train(
@@ -226,7 +227,7 @@ def test_pose_learning_rate_follows_its_decay(tmp_path, tiny_data, rate):
         trainer.save()
         return trainer.refiner.optimizer.param_groups[0]["lr"], trainer.step
 
-    cfg_lr = _tiny_trainer(Train(data=tiny_data, out=tmp_path / "probe", device="cpu")).config.train.pose_lr
+    cfg_lr = load_preset("demo").train.pose_lr  # _tiny_trainer keeps the preset's pose lr
     lr, step = lr_after(20, resume=False)
     assert step == 20 and lr == pytest.approx(cfg_lr * rate ** (20 / 40), rel=1e-12)
     lr, step = lr_after(30, resume=True)

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,13 +40,29 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from fast_anerf.ckernels import thread_pool
 from fast_anerf.encoding.backend import check_backend, resolve_backend, tcnn_module
 from fast_anerf.encoding.hashgrid_cpu import hashgrid_cpu
 
 PRIMES = (1, 2654435761, 805459861)  # tcnn CoherentPrime for dims 0..2 (§A4)
 MAX_DENSE_RES = 1625  # tcnn MAX_BASES[3]: above it the dense stride is 0xFFFFFFFF (always hashed)
 TCNN_BATCH_GRANULARITY = 256  # tcnn pads batches to a multiple of this
+
+_POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}  # per (pid, threads): forked children get new ones
+
+
+def thread_pool() -> ThreadPoolExecutor | None:
+    """Worker threads for the plain-PyTorch hash grid's per-level scatters (None with one torch thread)."""
+    n = torch.get_num_threads()
+    if n < 2:
+        return None
+    key = (os.getpid(), n)
+    if key not in _POOL:
+        # Every worker flushes denormals like the trainer's main thread (the flag is per thread): otherwise a
+        # level's scatter rounds differently depending on which worker runs it, and runs stop being repeatable.
+        _POOL[key] = ThreadPoolExecutor(
+            max_workers=n, thread_name_prefix="fast_anerf", initializer=torch.set_flush_denormal, initargs=(True,)
+        )
+    return _POOL[key]
 
 
 def _i32(v: int) -> int:

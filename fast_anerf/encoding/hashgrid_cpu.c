@@ -258,11 +258,17 @@ static void blend_block(const Field *f, int64_t n, const float *x, const float *
     }
 }
 
+/* The per-level arguments (hg_forward's), and the fast field's (Field's members, in order), as parameter lists
+ * and as the names that pass them on. */
+#define LEVEL_PARAMS                                                                                               \
+    int F, int L, const double *scale, const uint32_t *mult, const int32_t *dense, const uint32_t *size,         \
+        const int64_t *offset
+#define LEVEL_VALUES F, L, scale, mult, dense, size, offset
 #define FIELD_ARGS                                                                                                 \
     int J, const float *box_min, const float *box_size, float margin, const uint8_t *mask, int R,                 \
-        const float *table, int64_t n_entries, int F, int L, const double *scale, const uint32_t *mult,          \
-        const int32_t *dense, const uint32_t *size, const int64_t *offset
-#define FIELD_INIT {J, box_min, box_size, margin, mask, R, table, n_entries, F, L, scale, mult, dense, size, offset}
+        const float *table, int64_t n_entries, LEVEL_PARAMS
+#define FIELD_VALUES J, box_min, box_size, margin, mask, R, table, n_entries, LEVEL_VALUES
+#define FIELD_INIT {FIELD_VALUES}
 
 /* blend_block over samples [start, stop) of x, d [n, J, 3], in blocks of BLEND_SAMPLES samples; feats [n, L*F],
  * wsum [n], dblend [n, 3] (or NULL); *status = 1 when the pair buffers could not be allocated, else 0. */
@@ -379,11 +385,6 @@ static void fused_visibility_piece(int64_t r0, int64_t r1, const float *origins,
 /* The exported kernels: the pieces above, each run over ``pieces`` parts of its range on OpenMP threads
  * (ckernels.h's PARALLEL_PIECES). The table gradient splits levels, which own disjoint entries: each entry is
  * written by one thread, in point order, so the result does not depend on the number of pieces. */
-#define LEVEL_PARAMS                                                                                               \
-    int F, int L, const double *scale, const uint32_t *mult, const int32_t *dense, const uint32_t *size,         \
-        const int64_t *offset
-#define LEVEL_VALUES F, L, scale, mult, dense, size, offset
-#define FIELD_VALUES J, box_min, box_size, margin, mask, R, table, n_entries, LEVEL_VALUES
 
 /* jac: NULL, or [n, L, 3, F] (see hg_forward_piece). */
 void hg_forward(int pieces, int64_t start, int64_t stop, const float *x, const int64_t *base, const float *table,
