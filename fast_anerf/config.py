@@ -86,6 +86,9 @@ class TrainConfig:
     occ_warmup_steps: int = 256  # before this step every update evaluates every cell
     occ_ema_decay: float = 0.7  # nerfacc: 0.95 for 20k-step runs; ours are 1-4k steps, so forget fog faster
     occ_threshold: float = 0.01  # occupied if sigma * step (one step's optical thickness) exceeds this
+    # Which marching implementation (sampling/march.py): "auto" = nerfacc's on CUDA, the C loop on the CPU (else
+    # torch). All give the same samples; the choice is for speed comparisons (e.g. scripts/bench_view.py --march).
+    march_backend: Literal["auto", "torch", "cpu", "nerfacc"] = "auto"
     early_stop_eps: float = 1e-4  # drop samples once the transmittance falls below this
     alpha_thre: float = 0.01  # drop samples with opacity below min(this, mean occupancy) (nerfacc examples: 1e-2)
     # Optimiser: Adam with exponential decay lr = lr * decay_rate ** (step / decay_steps).

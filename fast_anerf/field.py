@@ -173,9 +173,8 @@ class FastField(nn.Module):
         table = self.frame_codes.weight
         codes = table.index_select(0, code_ids.clamp_min(0))
         unseen = code_ids < 0  # frames never seen in training use the mean code (as A-NeRF)
-        if unseen.any():
-            codes = torch.where(unseen[:, None], table.mean(dim=0, keepdim=True).expand_as(codes), codes)
-        return codes
+        # torch.where without an `if unseen.any()`: that test would be a host sync per call on a GPU.
+        return torch.where(unseen[:, None], table.mean(dim=0, keepdim=True).expand_as(codes), codes)
 
     def forward(
         self, x_local: torch.Tensor, d_local: torch.Tensor, code_ids: torch.Tensor, density_noise_std: float = 0.0

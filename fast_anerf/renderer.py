@@ -29,6 +29,7 @@ class RenderSettings:
     occupancy: bool = True  # skip empty cells of the model's occupancy grids (fast field, fixed step)
     early_stop_eps: float = 1e-4  # with occupancy: drop samples once the transmittance is below this
     alpha_thre: float = 0.01  # with occupancy: drop samples less opaque than min(this, mean occupancy)
+    march_backend: str = "auto"  # sampling/march.py's backend: auto, torch, cpu or nerfacc
 
     @staticmethod
     def from_train(train_cfg, training: bool) -> RenderSettings:
@@ -41,6 +42,7 @@ class RenderSettings:
             occupancy=train_cfg.occupancy,
             early_stop_eps=train_cfg.early_stop_eps,
             alpha_thre=train_cfg.alpha_thre,
+            march_backend=train_cfg.march_backend,
         )
 
 
@@ -103,6 +105,7 @@ def render_rays(
         ray_idx, t_starts, t_ends = march_occupied(
             t_in, t_out, hit, ray_scale, o, d, occupancy,
             step=settings.step_size * height, stratified=settings.stratified, generator=generator,
+            backend=settings.march_backend,
         )  # fmt: skip
         n_candidates = ray_idx.numel()
         if (settings.early_stop_eps > 0 or settings.alpha_thre > 0) and n_candidates:

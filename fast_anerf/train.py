@@ -320,9 +320,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
         params = list(self.model.parameters()) + (list(self.refiner.poses.parameters()) if self.refiner else [])
-        grads_finite = all_finite([p.grad for p in params if p.grad is not None])  # poses too
+        # One finiteness read for the loss and every gradient (poses too): on a GPU, one host sync, not two.
+        finite = all_finite([loss.detach()] + [p.grad for p in params if p.grad is not None])
         self.step += 1
-        if not (torch.isfinite(loss) and grads_finite):
+        if not finite:
             self._bad_steps += 1
             print(f"step {self.step}: non-finite loss or gradient, step skipped")
             if self.refiner is not None:

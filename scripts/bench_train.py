@@ -10,6 +10,7 @@ test_pose frame. Prints a table and writes JSON naming the device.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -40,6 +41,8 @@ def run_field(field: str, args, out_root: Path) -> dict:
             seed=args.seed,
         )
     )
+    train_cfg = dataclasses.replace(trainer.config.train, march_backend=args.march)
+    trainer.config = dataclasses.replace(trainer.config, train=train_cfg)  # read by every step's RenderSettings
     budget = args.minutes * 60.0
     curve, next_eval = [], args.eval_every_s
     print(f"[{field}] {trainer.model.describe()}", flush=True)
@@ -92,6 +95,8 @@ def main() -> None:
         help="frames per split at the end (default all; the A-NeRF field needs ~50 s a frame on CPU)",
     )
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--march", default="auto", choices=["auto", "torch", "cpu", "nerfacc"],
+                        help="marching implementation (sampling/march.py; auto: nerfacc on CUDA)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench_train.json"))
     parser.add_argument("--runs", type=Path, default=Path("runs/bench_train"))
@@ -120,6 +125,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "minutes": args.minutes,
         "gt_poses": args.gt_poses,
+        "march": args.march,
         "rows": rows,
     }
     args.out.write_text(json.dumps(result, indent=2))

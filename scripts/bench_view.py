@@ -16,6 +16,7 @@ more empty space once the renderer uses occupancy grids, so trained numbers can 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import platform
@@ -53,12 +54,15 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=5, help="timed frames per size (after one warm-up frame)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "cpu", "tcnn"])
+    parser.add_argument("--march", default="auto", choices=["auto", "torch", "cpu", "nerfacc"],
+                        help="marching implementation (sampling/march.py; auto: nerfacc on CUDA)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench_view.json"))
     args = parser.parse_args()
 
     from fast_anerf.viewer import look_at_c2w
 
     state, home = build(args.ckpt, args.device, args.backend)
+    state.settings = dataclasses.replace(state.settings, march_backend=args.march)
     model = state.model
     device = model.box_min.device
     kp3d, _, _ = state.pose()
@@ -68,7 +72,7 @@ def main() -> None:
     fov = home.fov_y if home is not None else np.radians(40.0)
     print(
         f"{model.describe()}\ndevice {device}, torch threads {torch.get_num_threads()}, "
-        f"motion {state.motion!r} ({state.n_frames} frames), step {state.settings.step_size}"
+        f"motion {state.motion!r} ({state.n_frames} frames), step {state.settings.step_size}, march {args.march}"
     )
     rows = []
     for size in args.sizes:
@@ -104,7 +108,7 @@ def main() -> None:
                      "samples_per_frame": float(np.mean(samples))})  # fmt: skip
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
     result = {"device": device.type, "device_name": name, "threads": torch.get_num_threads(),
-              "ckpt": str(args.ckpt) if args.ckpt else None, "rows": rows}  # fmt: skip
+              "ckpt": str(args.ckpt) if args.ckpt else None, "march": args.march, "rows": rows}  # fmt: skip
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
 

@@ -5,10 +5,12 @@
 #   1. the environment (torch, CUDA, tinycudann, nerfacc's toolchain)             -> env.json
 #   2. nerfacc's JIT build of its CUDA extension (nvcc + ninja; timed), first, so
 #      the tests below load the build instead of compiling inside a test           -> gpu_check.log
-#   3. the CUDA tests (tcnn vs torch hash grid and MLP, nerfacc vs torch marching and
-#      compositing, the cpu backend on a CUDA machine, the fused visibility pass)   -> gpu_check.log
+#   3. tests/test_cuda.py (CUDA against the CPU: hash grid, nerfacc compositing, a
+#      render_rays pass with each marching, training steps + checkpoint to the CPU),
+#      then the CUDA-only tests of the other files (tcnn vs torch, nerfacc marching) -> gpu_check.log
 #   4. bench_field.py, bench_train.py (gpu preset: the "30 dB in 60 s" target) and
-#      bench_view.py (512x512: the ">= 30 FPS" target) on CUDA                      -> bench_*.json
+#      bench_view.py (512x512: the ">= 30 FPS" target; marching with nerfacc, then
+#      with torch, to see which is faster on this GPU) on CUDA                      -> bench_*.json
 # A machine without the project's packages (the lent GPU machine reaches no registry): run
 # `bash scripts/gpu_prepare.sh` here first; it fills .gpu/ (wheels + the built-in character), which this script
 # installs from when present. Device tool call: carry [".gpu"], command "bash scripts/gpu_check.sh".
@@ -71,8 +73,9 @@ if ok:
 raise SystemExit(0 if ok else 1)
 PY
 
-step "CUDA tests" 150 "$PY" -m pytest -q -rs -x -p no:cacheprovider tests/test_hashgrid.py tests/test_mlp.py \
-    tests/test_march.py tests/test_volrend.py tests/test_hashgrid_cpu.py tests/test_fused_visibility.py
+step "CUDA twins" 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py
+step "CUDA tests" 100 "$PY" -m pytest -q -rs -p no:cacheprovider -k "cuda or nerfacc or tcnn" \
+    tests/test_hashgrid.py tests/test_mlp.py tests/test_march.py tests/test_hashgrid_cpu.py
 
 step bench_field 50 "$PY" scripts/bench_field.py --device cuda --out "$out/bench_field.json"
 step bench_train 150 "$PY" scripts/bench_train.py --device cuda --minutes 1 --fields fast --fast-preset gpu --gt-poses \
@@ -81,4 +84,6 @@ ckpt=/tmp/gpu_check_runs/fast/checkpoint.pt  # the 1-minute model just trained (
 [ -f "$ckpt" ] || ckpt=
 step bench_view 50 "$PY" scripts/bench_view.py --device cuda --sizes 256 512 --frames 20 ${ckpt:+--ckpt "$ckpt"} \
     --out "$out/bench_view.json"
+step "bench_view, torch marching" 50 "$PY" scripts/bench_view.py --device cuda --sizes 256 512 --frames 20 \
+    --march torch ${ckpt:+--ckpt "$ckpt"} --out "$out/bench_view_march_torch.json"
 exit $status

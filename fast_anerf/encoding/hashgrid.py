@@ -187,9 +187,11 @@ def _level_corners(x_t: Tensor, base: Tensor, level: tuple) -> tuple[Tensor, Ten
     pos = (x_t * scale + 0.5).to(torch.float32)  # float32*float32+0.5 is exact in float64: fmaf emulation
     fl = torch.floor(pos)
     frac = pos - fl
-    m = torch.tensor(mult, dtype=torch.int32, device=x_t.device)[:, None]
-    c0 = fl.to(torch.int32) * m  # (int)floor; int32 math wraps mod 2^32 = tcnn's uint32, bit for bit
-    a, b, d = (torch.stack([c0[i], c0[i] + m[i]]) for i in range(3))  # [2, N] each: corner bit 0 / 1
+    # (int)floor times the axis multiplier; int32 math wraps mod 2^32 = tcnn's uint32, bit for bit. The
+    # multipliers stay Python ints (already int32 values): a tensor of them would be a host-to-GPU copy per level.
+    c0 = fl.to(torch.int32)
+    c0 = [c0[i] * mult[i] for i in range(3)]
+    a, b, d = (torch.stack([c0[i], c0[i] + mult[i]]) for i in range(3))  # [2, N] each: corner bit 0 / 1
     a, b, d = a[:, None, None], b[None, :, None], d[None, None, :]
     raw = ((a + b + d) if dense else (a ^ b ^ d)).reshape(8, -1)
     if size & (size - 1) == 0:
@@ -353,6 +355,8 @@ def hashgrid_torch(
     -> ``[N, L*F]`` (column ``l*F + f``). ``save_corners`` keeps corner indices/weights for backward
     (~76 B x L per point) instead of recomputing them; see ``MultiBoneHashGrid`` for ``inplace_grad``.
     """
+    # Without a backward to come (rendering, the visibility pass) nothing needs saving: ~76 B x L per point less.
+    save_corners = save_corners and torch.is_grad_enabled() and (x.requires_grad or params.requires_grad)
     return _HashGridFunction.apply(x, bone_ids, params, config, save_corners, inplace_grad)
 
 
@@ -429,9 +433,10 @@ class MultiBoneHashGrid(nn.Module):
         x = x.to(torch.float32)
         if len(x) == 0:
             return x.new_zeros(0, self.n_output_dims)
-        lo, hi = int(bone_ids.min()), int(bone_ids.max())
-        if lo < 0 or hi >= self.n_bones:
-            raise ValueError(f"bone_ids must be in [0, {self.n_bones}), got [{lo}, {hi}]")
+        if not bone_ids.is_cuda:  # on CUDA the check would cost two host syncs per call; the field's ids are valid
+            lo, hi = int(bone_ids.min()), int(bone_ids.max())
+            if lo < 0 or hi >= self.n_bones:
+                raise ValueError(f"bone_ids must be in [0, {self.n_bones}), got [{lo}, {hi}]")
         backend = self.backend_name
         if backend == "tcnn":
             return self._forward_tcnn(x, bone_ids)

@@ -97,7 +97,7 @@ def render_weights(
         ``weights [P]``, ``transmittance [P]`` (before the sample), ``alphas [P]``.
     """
     scale = ray_scale.index_select(0, ray_indices) if ray_scale is not None else 1.0
-    if use_nerfacc(sigmas):
+    if sigmas.dtype == torch.float32 and use_nerfacc(sigmas):  # nerfacc's scan kernels read float32 only
         import nerfacc
 
         return nerfacc.render_weight_from_density(
