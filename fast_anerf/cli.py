@@ -31,6 +31,9 @@ class Train:
     character, generated on first use."""
     out: Path = Path("runs/demo")
     """Output folder: checkpoints, TensorBoard logs, previews, eval.json."""
+    eval_data: Path | None = None
+    """Held-out data evaluated during and after training: a folder with test_view.h5 / test_pose.h5, or one .h5.
+    Default: the --data folder (none when --data is one .h5 file); a resumed run keeps its own."""
     preset: str = "demo"
     """Config preset: a name from configs/ (demo, gpu, surreal, mixamo, h36m, perfcap) or a .toml path."""
     field: Literal["fast", "anerf"] | None = None

@@ -187,6 +187,11 @@ class Trainer:
         cfg = config.train
         self.device = pick_device(cfg.device)
         self.train_path, self.eval_dir = resolve_data(data_arg)
+        if args.eval_data is not None:
+            self.eval_dir = Path(args.eval_data)
+        elif resume_state is not None and args.data is None and resume_state.get("eval_data"):
+            # The run's own held-out data (its "data" is the training .h5 alone, whose folder may hold none).
+            self.eval_dir = Path(resume_state["eval_data"])
         self.split = load_split(self.train_path)
         # Adam's moments of rarely touched hash entries decay into denormal floats within ~1000 steps, which
         # slow CPU arithmetic ~10x (measured: 0.16 s -> 1.2 s per step); flush them to zero instead.
@@ -272,6 +277,7 @@ class Trainer:
             torch_rng=torch.get_rng_state(),
             cuda_rng=torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             data=str(self.train_path),
+            eval_data=str(self.eval_dir) if self.eval_dir is not None else None,
             history=self.history,
             poses=self.refiner.state_dict() if self.refiner is not None else None,
         )

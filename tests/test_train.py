@@ -63,3 +63,17 @@ def test_existing_run_needs_resume_flag(tiny_data, tmp_path, capsys):
     code = entrypoint(["train", "--data", str(tiny_data), "--out", str(tmp_path / "run"), "--steps", "2"])
     assert code == 2
     assert "exists; pass --resume" in capsys.readouterr().err
+
+
+def test_resume_keeps_the_held_out_evaluation_and_eval_data_adds_one(tiny_data, tmp_path):
+    """`fast-anerf train --out RUN --resume` (no --data) evaluates the run's held-out splits as the run did (its
+    checkpoint names the training .h5 alone); --eval-data gives a run trained on a single .h5 its held-out data."""
+    Trainer(_args(tiny_data, tmp_path / "run", steps=3)).run()
+    assert entrypoint(["train", "--out", str(tmp_path / "run"), "--resume", "--steps", "5", "--device", "cpu"]) == 0
+    summary = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert summary["step"] == 5 and set(summary["splits"]) == {"test_view", "test_pose"}
+
+    single = _args(tiny_data / "train.h5", tmp_path / "single", steps=2)
+    assert Trainer(single).run()["splits"] == {}  # one .h5: nothing held out
+    held_out = Trainer(replace(single, out=tmp_path / "single_eval", eval_data=tiny_data / "test_view.h5")).run()
+    assert set(held_out["splits"]) == {"test_view"} and held_out["splits"]["test_view"]["psnr"] > 5.0
