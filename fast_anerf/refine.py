@@ -2,11 +2,13 @@
 
 The photometric loss of the frozen character (mean appearance code) pulls each frame's skeleton into place;
 A-NeRF's hinge regulariser keeps rotations near the estimate and a temporal term smooths consecutive frames.
+The pose learning rate anneals exponentially (``--lr-decay``), as it does for the training poses.
 Writes the refined poses as an A-NeRF .h5 (``refined.h5``) next to a report (``refine_report.json``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -20,6 +22,12 @@ from fast_anerf.pose import PoseRefiner, RefinablePoses
 from fast_anerf.pose_io import export_refined_poses
 from fast_anerf.pose_metrics import refinement_errors
 from fast_anerf.renderer import RenderSettings, render_rays
+
+
+def annealed_lr(lr: float, decay: float, step: int, steps: int) -> float:
+    """Exponential anneal over a refinement of ``steps`` steps: ``lr`` at step 1, ``lr * decay`` at the last.
+    Large early steps pull the poses in; small late ones let them settle instead of jittering around the optimum."""
+    return lr * decay ** ((step - 1) / max(steps - 1, 1))
 
 
 def run_refine(args) -> dict:
@@ -43,7 +51,7 @@ def run_refine(args) -> dict:
     refiner = PoseRefiner(poses, args.lr, temp_coef=args.temp_coef, img_paths=paths,
                           reg_coef=args.reg_coef, reg_tol=args.reg_tol)  # fmt: skip
     settings = RenderSettings.from_train(model.config.train, training=True)
-    settings = RenderSettings(settings.step_size, settings.n_samples, settings.cull_to_boxes, 0.0, True)
+    settings = dataclasses.replace(settings, density_noise_std=0.0, stratified=True)
     pose_idxs = split.pose_idxs.to(device)
     print(f"{model.describe()}\nrefining {poses.n_poses} poses of {args.data} ({split.n_images} images) "
           f"for {args.steps} steps on {device}")  # fmt: skip
@@ -70,6 +78,8 @@ def run_refine(args) -> dict:
                 )
             continue
         bad_steps = 0
+        for group in refiner.optimizer.param_groups:
+            group["lr"] = annealed_lr(args.lr, args.lr_decay, step, args.steps)
         refiner.after_backward(step)
         if step % 50 == 0 or step == args.steps:
             mse = float((rendered["rgb"].detach() - batch["rgb"]).pow(2).mean())

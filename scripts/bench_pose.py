@@ -7,7 +7,7 @@ Three runs on one machine, one after the other:
    perturbed with the generator's noise model -> MPJPE before/after.
 Prints a table and writes JSON naming the device.
 
-    python scripts/bench_pose.py [--minutes 10] [--refine-steps 300] [--out bench_pose.json]
+    python scripts/bench_pose.py [--minutes 10] [--refine-steps N (default: refine's)] [--out bench_pose.json]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def train_run(out: Path, minutes: float, refine: str, seed: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--refine-steps", type=int, default=300)
+    parser.add_argument("--refine-steps", type=int, default=Refine.steps)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=Path, default=Path("runs/bench_pose"))
     parser.add_argument("--out", type=Path, default=Path("bench_pose.json"))
@@ -91,7 +91,8 @@ def main() -> None:
         print(f"{name:<28} {b:>8.1f} {a:>8.1f} {100 * (a - b) / b:>7.1f}%")
     print(f"test_view PSNR: refine on {psnr_on:.2f} dB, off {psnr_off:.2f} dB ({psnr_on - psnr_off:+.2f} dB)")
     result = {"device": "cpu", "device_name": device_name, "threads": torch.get_num_threads(),
-              "minutes": args.minutes, "rows": [{"metric": n, "before": b, "after": a} for n, b, a in rows],
+              "minutes": args.minutes, "refine_steps": args.refine_steps,
+              "rows": [{"metric": n, "before": b, "after": a} for n, b, a in rows],
               "psnr_test_view_on": psnr_on, "psnr_test_view_off": psnr_off,
               "train_steps_on": with_refine["step"], "train_steps_off": without["step"]}  # fmt: skip
     args.out.write_text(json.dumps(result, indent=2))

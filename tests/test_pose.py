@@ -273,3 +273,26 @@ def test_pose_jitter_is_per_row_and_step_and_repeatable(active):
     if active:  # gradients still reach the poses through the jittered frames
         a.sum().backward()
         assert poses.joint_rot6d.grad.abs().sum() > 0 and poses.root.grad.abs().sum() > 0
+
+
+def test_refine_learning_rate_anneals_from_lr_to_lr_times_decay(tmp_path, tiny_data, monkeypatch):
+    """``fast-anerf refine --lr-decay``: the pose optimiser steps with ``lr * decay ** ((step - 1) / (steps - 1))``,
+    ``lr`` at the first step and ``lr * decay`` at the last."""
+    from fast_anerf.cli import Refine, Train
+    from fast_anerf.pose import PoseRefiner
+    from fast_anerf.refine import run_refine
+
+    trainer = _tiny_trainer(Train(data=tiny_data, out=tmp_path / "run", steps=5, device="cpu", gt_poses=True))
+    trainer.eval_splits = {}
+    trainer.run()
+    seen: list[float] = []
+    original = PoseRefiner.after_backward
+
+    def recording(self, step):
+        seen.append(self.optimizer.param_groups[0]["lr"])
+        original(self, step)
+
+    monkeypatch.setattr(PoseRefiner, "after_backward", recording)
+    run_refine(Refine(ckpt=tmp_path / "run" / "checkpoint.pt", data=tiny_data / "train.h5", out=tmp_path / "refine",
+                      steps=5, lr=2e-3, lr_decay=0.1, rays_per_batch=256, device="cpu"))  # fmt: skip
+    assert seen == pytest.approx([2e-3 * 0.1 ** (k / 4) for k in range(5)], rel=1e-12)
