@@ -234,12 +234,13 @@ class Refine:
 @dataclass(frozen=True)
 class Render:
     """Render a trained character: a 360-degree orbit (bullet), new poses (retarget / interpolate / animate),
-    held-out frames next to ground truth with PSNR (val), or a coloured mesh and its turntable (mesh).
+    estimated poses morphing into the refined ones next to the photo (correction), held-out frames next to
+    ground truth with PSNR (val), or a coloured mesh and its turntable (mesh).
     Writes PNG frames, video.mp4, video.gif and render.json into OUT, all at once when the render succeeded."""
 
     ckpt: Path
     """Checkpoint written by `fast-anerf train` (OUT/checkpoint.pt)."""
-    type: Literal["bullet", "retarget", "interpolate", "animate", "val", "mesh"] = "bullet"
+    type: Literal["bullet", "retarget", "interpolate", "animate", "correction", "val", "mesh"] = "bullet"
     """What to render (see `fast_anerf/render.py`)."""
     out: Path = Path("renders/out")
     """Output folder; replaced only if it holds an earlier render."""
@@ -248,12 +249,13 @@ class Render:
     background: Literal["white", "black", "data"] | None = None
     """Colour behind the body; 'data' = the frame's background image. Default: data for val, else white."""
     frames: tuple[int, ...] = ()
-    """Training images to use (bullet, interpolate/animate key poses, mesh poses, retarget replay), or rows of
-    --source (retarget, val). Default: bullet/mesh 0, interpolate/animate 3 spread frames, otherwise all."""
+    """Training images to use (bullet, interpolate/animate key poses, correction, mesh poses, retarget replay), or
+    rows of --source (retarget, val). Default: bullet/mesh 0, interpolate/animate 3 spread frames, correction the
+    3 images whose poses refinement moved most, otherwise all."""
     n_views: int = 36
     """Bullet and mesh turntable: views per 360 degrees."""
     n_steps: int = 10
-    """Interpolate/animate: poses from one key pose to the next."""
+    """Interpolate/animate: poses from one key pose to the next; correction: from the estimate to the refined pose."""
     joints: tuple[str, ...] = ()
     """Animate: joints that move (SMPL names or indices 0-23). Default: the right arm."""
     camera: int | None = None

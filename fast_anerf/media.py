@@ -1,4 +1,5 @@
-"""Writing render outputs: an all-or-nothing output folder, PNG frames, mp4 + gif videos, labels, progress.
+"""Writing render outputs: an all-or-nothing output folder, PNG frames, mp4 + gif videos, labels, skeleton
+overlays, progress.
 
 ``OutputDir`` collects everything in a hidden sibling folder (``.<name>.partial-<pid>``) and renames it to the
 final name only when the render succeeded, so an interrupted or failed render never leaves a half-written
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fast_anerf.errors import OutputError, UserError, output_error, writing
+from fast_anerf.skeleton import SMPL_PARENTS
 
 MARKER = "render.json"
 
@@ -130,6 +132,31 @@ def label(image: np.ndarray, text: str, short: str | None = None) -> np.ndarray:
     draw.rectangle((box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1), fill=(255, 255, 255))
     draw.text((2, 1), text, fill=(0, 0, 0))
     return np.asarray(pil)
+
+
+def draw_skeleton(image: np.ndarray, uv: np.ndarray, depth: np.ndarray, color=(255, 40, 40)) -> np.ndarray:
+    """Draw bones (joint to parent) and joints onto ``image`` uint8 ``[H, W, 3]`` in place.
+
+    Args:
+        uv: ``[24, 2]`` pixel coordinates (u column, v row) of the joints; depth: ``[24]`` (> 0 in front).
+    """
+    height, width = image.shape[:2]
+    radius = max(1, min(height, width) // 200)
+    for joint, parent in enumerate(SMPL_PARENTS):
+        if parent < 0 or depth[joint] <= 0 or depth[parent] <= 0:
+            continue
+        start, end = uv[parent], uv[joint]
+        n = int(np.ceil(np.abs(end - start).max())) + 1
+        if not np.isfinite(n) or n > 4 * (height + width):  # a joint far off screen: skip the bone
+            continue
+        points = start + np.linspace(0.0, 1.0, n)[:, None] * (end - start)
+        for du in range(-radius + 1, radius):
+            for dv in range(-radius + 1, radius):
+                u = np.round(points[:, 0]).astype(np.int64) + du
+                v = np.round(points[:, 1]).astype(np.int64) + dv
+                inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
+                image[v[inside], u[inside]] = color
+    return image
 
 
 def progress_bar():

@@ -12,6 +12,8 @@ Render types (A-NeRF's ``run_render.py``, specs/anerf.md §4):
 * ``interpolate``: slerp of every joint rotation (and a straight line for the root) between consecutive
   chosen training poses, ``--n-steps`` poses per pair. ``animate``: the same for ``--joints`` only, the rest
   of the body (and the root) keeps the first chosen pose (A-NeRF's ``animate``).
+* ``correction``: the estimated pose of a training image morphing into its refined pose (what pose refinement
+  changed), rendered next to the photo with both skeletons drawn (A-NeRF's ``correction``).
 * ``val``: held-out frames (``--source``, default ``test_view.h5`` next to the training data) with their
   cameras and poses and the mean appearance code, each next to its ground truth, PSNR written on it.
 * ``mesh``: see ``mesh.py``.
@@ -34,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fast_anerf.data.rays import project_points
 from fast_anerf.errors import UserError
 from fast_anerf.skeleton import (
     N_JOINTS,
@@ -47,6 +50,7 @@ from fast_anerf.skeleton import (
 
 DEFAULT_ANIMATE_JOINTS = ("right_shoulder", "right_elbow", "right_wrist", "right_hand")  # A-NeRF's S9 choice
 BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
+REFINED_NOTE = "refined poses from the checkpoint"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,6 +122,8 @@ class View:
     code_id: int  # appearance code, -1 = mean code
     background: torch.Tensor
     gt: torch.Tensor | None = None  # [H, W, 3] ground truth (val)
+    panel: np.ndarray | None = None  # uint8 [H, W, 3] shown right of the render (correction: photo + skeletons)
+    caption: tuple[str, str] | None = None  # written on the render: (text, short text for narrow images)
 
 
 def resize_image(image: np.ndarray | torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -174,7 +180,7 @@ def trained_skts(ckpt: dict, data, model, use_refined: bool = True) -> tuple[tor
         poses = RefinablePoses(torch.zeros(n, N_JOINTS, 3), torch.zeros(n, 3), model.rest_pose.cpu(), sd["time_ids"])
         poses.load_state_dict(sd)
         with torch.no_grad():
-            return poses()[1].float(), "refined poses from the checkpoint"
+            return poses()[1].float(), REFINED_NOTE
     if model.config.train.gt_poses and "gt_skts" in data.arrays:
         return torch.as_tensor(data.arrays["gt_skts"], dtype=torch.float32), "true poses (gt_skts)"
     return torch.as_tensor(data.arrays["skts"], dtype=torch.float32), "the data's poses (skts)"
@@ -203,6 +209,7 @@ class Scene:
         self.skts, self.pose_note = trained_skts(self.ckpt, self.data, self.model, args.refined)
         if self.skts.shape[0] != self.data.n_poses:
             self.skts, self.pose_note = torch.as_tensor(self.data.arrays["skts"]).float(), "the data's poses (skts)"
+        self.refined = self.pose_note == REFINED_NOTE
         self.height, self.width = args.res if args.res is not None else (self.data.height, self.data.width)
         self.settings = RenderSettings.from_train(self.model.config.train, training=False)
         self.chunk = args.chunk or self.model.config.train.chunk_rays
@@ -293,6 +300,52 @@ def plan_interpolate(scene: Scene, args, joints: list[int] | None = None) -> lis
     return [scene.fixed_view(cam, s, -1, args.bg) for s in skts]
 
 
+def plan_correction(scene: Scene, args) -> list[View]:
+    """What pose refinement changed (A-NeRF's ``correction``): for each chosen training image, the estimated pose
+    (the data's ``skts``) morphs into the refined one (the checkpoint's) in ``--n-steps`` steps, rendered from
+    that image's camera with its appearance code, next to the photo with both skeletons drawn on it (estimate
+    red, current pose green). Default frames: the 3 images whose joints refinement moved most."""
+    from fast_anerf.media import draw_skeleton, to_uint8
+
+    if not scene.refined:
+        raise UserError(f"{args.ckpt}: --type correction shows what pose refinement changed, and this checkpoint "
+                        "holds no refined poses (it trained on its data's poses, or --no-refined was given); "
+                        "train with --refine-poses on")  # fmt: skip
+    estimated = torch.as_tensor(scene.data.arrays["skts"], dtype=torch.float32)
+    rest = scene.model.rest_pose.cpu()
+    if not args.frames:
+        moved = (skts_to_joints(rest, estimated) - skts_to_joints(rest, scene.skts)).norm(dim=-1).mean(dim=-1)
+        per_image = moved[torch.as_tensor(scene.data.pose_idxs, dtype=torch.long)]  # [n_images]
+        # The most-moved image of each third of the sequence (pose errors are smooth in time: neighbours of the
+        # overall maximum would show the same correction three times).
+        thirds = torch.tensor_split(torch.arange(scene.n_images), min(3, scene.n_images))
+        frames = [int(part[per_image[part].argmax()]) for part in thirds]
+    else:
+        frames = scene.check_frames(args.frames)
+    views = []
+    for i in frames:
+        row = scene.data.pose_index(i)
+        rotations, roots = skts_to_pose(torch.stack([estimated[row], scene.skts[row]]))
+        rot, root = interpolate_poses(rotations, roots, args.n_steps)  # [n_steps + 1, ...]: estimate -> refined
+        joints, _ = forward_kinematics(rest, rot, root)  # [n_steps + 1, 24, 3] world
+        base = scene.fixed_view(i, scene.image_skts(i), scene.code(i), args.bg)
+        photo = to_uint8(resize_image(scene.data.image(i), scene.height, scene.width))
+        uv, depth = project_points(joints, base.c2w, base.focal, base.center)
+        for k, skts in enumerate(pose_to_skts(rest, rot, root)):
+            panel = draw_skeleton(photo.copy(), uv[0].numpy(), depth[0].numpy(), color=(230, 30, 30))
+            draw_skeleton(panel, uv[k].numpy(), depth[k].numpy(), color=(20, 170, 40))
+            caption = (f"image {i}: estimate -> refined {k}/{args.n_steps}", f"{i}: {k}/{args.n_steps}")
+            views.append(View(base.c2w, base.focal, base.center, skts, base.code_id, base.background,
+                              panel=panel, caption=caption))  # fmt: skip
+    return views
+
+
+def skts_to_joints(rest_pose: torch.Tensor, skts: torch.Tensor) -> torch.Tensor:
+    """World joint positions ``[..., 24, 3]`` of poses ``skts [..., 24, 4, 4]`` on the rest skeleton ``[24, 3]``."""
+    rotations, roots = skts_to_pose(skts)
+    return forward_kinematics(rest_pose.to(rotations), rotations, roots)[0]
+
+
 def held_out_path(scene: Scene, source: Path | None) -> Path:
     if source is not None:
         return Path(source)
@@ -356,6 +409,8 @@ def render_views(scene: Scene, views: list[View], height: int, width: int, out, 
                 psnrs.append(psnr(pred, v.gt))
                 text = label(image, f"PSNR {psnrs[-1]:.2f} dB", short=f"{psnrs[-1]:.1f}")
                 image = np.concatenate([text, label(to_uint8(v.gt), "GT")], axis=1)
+            elif v.panel is not None:
+                image = np.concatenate([label(image, *v.caption) if v.caption else image, v.panel], axis=1)
             write_png(out.tmp / "frames" / f"{k:05d}.png", image)
             images.append(image)
             spf = (time.perf_counter() - start) / (k + 1)
@@ -394,7 +449,8 @@ def run_render(args) -> dict:
             elif args.type == "animate":
                 views = plan_interpolate(scene, args, parse_joints(args.joints or DEFAULT_ANIMATE_JOINTS))
             else:
-                plans = {"bullet": plan_bullet, "retarget": plan_retarget, "interpolate": plan_interpolate}
+                plans = {"bullet": plan_bullet, "retarget": plan_retarget, "interpolate": plan_interpolate,
+                         "correction": plan_correction}  # fmt: skip
                 views = plans[args.type](scene, args)
             with out:
                 stats = render_views(scene, views, height, width, out, args.fps, f"render {args.type}")

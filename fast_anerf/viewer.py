@@ -24,11 +24,11 @@ import torch
 from fast_anerf.data.anerf_h5 import open_anerf_h5
 from fast_anerf.data.rays import project_points
 from fast_anerf.errors import DataError, UserError
+from fast_anerf.media import draw_skeleton
 from fast_anerf.model import Character
 from fast_anerf.renderer import RenderSettings, render_image
 from fast_anerf.skeleton import (
     N_JOINTS,
-    SMPL_PARENTS,
     axis_angle_to_matrix,
     forward_kinematics,
     matrix_to_axis_angle,
@@ -220,31 +220,6 @@ def checker_background(height: int, width: int, cell: int = 16) -> torch.Tensor:
     v, u = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     dark = ((u // cell + v // cell) % 2).float()
     return (0.8 - 0.2 * dark)[..., None].expand(height, width, 3).contiguous()
-
-
-def draw_skeleton(image: np.ndarray, uv: np.ndarray, depth: np.ndarray, color=(255, 40, 40)) -> np.ndarray:
-    """Draw bones (joint to parent) and joints onto ``image`` uint8 ``[H, W, 3]`` in place.
-
-    Args:
-        uv: ``[24, 2]`` pixel coordinates (u column, v row) of the joints; depth: ``[24]`` (> 0 in front).
-    """
-    height, width = image.shape[:2]
-    radius = max(1, min(height, width) // 200)
-    for joint, parent in enumerate(SMPL_PARENTS):
-        if parent < 0 or depth[joint] <= 0 or depth[parent] <= 0:
-            continue
-        start, end = uv[parent], uv[joint]
-        n = int(np.ceil(np.abs(end - start).max())) + 1
-        if not np.isfinite(n) or n > 4 * (height + width):  # a joint far off screen: skip the bone
-            continue
-        points = start + np.linspace(0.0, 1.0, n)[:, None] * (end - start)
-        for du in range(-radius + 1, radius):
-            for dv in range(-radius + 1, radius):
-                u = np.round(points[:, 0]).astype(np.int64) + du
-                v = np.round(points[:, 1]).astype(np.int64) + dv
-                inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
-                image[v[inside], u[inside]] = color
-    return image
 
 
 # ---------------------------------------------------------------------------------------------

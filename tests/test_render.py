@@ -233,3 +233,43 @@ def test_failed_render_leaves_no_partial_output_and_keeps_other_folders(tiny_mod
     assert _render(tiny_model, keep, "--type", "bullet", "--n-views", "2", "--res", "16", "16") == 2
     assert "does not hold an earlier render" in capsys.readouterr().err
     assert [p.name for p in keep.iterdir()] == ["mine.txt"]
+
+
+def test_correction_morphs_the_estimate_into_the_refined_pose(tiny_model, tiny_data, tmp_path, capsys):
+    """``--type correction``: the first render of a frame is its estimated pose, the last its refined pose (the
+    same pictures as replaying the training frame with the data's / the refined poses), next to the photo with
+    the estimated skeleton (red) and the current one (green); a checkpoint without refined poses is refused."""
+    from fast_anerf.pose import RefinablePoses
+
+    assert _render(tiny_model, tmp_path / "none", "--type", "correction") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds no refined poses" in err and "--refine-poses on" in err
+    assert not (tmp_path / "none").exists()
+
+    # A checkpoint whose "refined" poses are the true ones (~50 mm from the estimates).
+    ckpt = torch.load(tiny_model, weights_only=False)
+    with open_anerf_h5(tiny_data / "train.h5") as data:
+        arrays = {k: torch.as_tensor(data.arrays[k]) for k in ("gt_bones", "gt_kp3d", "rest_pose")}
+        photo = data.image(5)
+    refined = RefinablePoses(arrays["gt_bones"].float(), arrays["gt_kp3d"][:, 0].float(), arrays["rest_pose"].float())
+    ckpt["poses"] = {"poses": refined.state_dict()}
+    refined_ckpt = tmp_path / "refined.pt"
+    torch.save(ckpt, refined_ckpt)
+
+    assert _render(refined_ckpt, tmp_path / "corr", "--type", "correction", "--frames", "5", "--n-steps", "2") == 0
+    frames = _frames(tmp_path / "corr")
+    assert len(frames) == 3 and frames[0].shape == (48, 96, 3)  # render | photo with skeletons
+    assert _render(refined_ckpt, tmp_path / "est", "--type", "retarget", "--frames", "5", "--no-refined") == 0
+    assert _render(refined_ckpt, tmp_path / "ref", "--type", "retarget", "--frames", "5") == 0
+    below_label = slice(16, None)  # the caption covers the top rows of the render
+    for frame, replay in ((frames[0], _frames(tmp_path / "est")[0]), (frames[2], _frames(tmp_path / "ref")[0])):
+        diff = np.abs(frame[below_label, :48].astype(int) - replay[below_label].astype(int))
+        assert diff.max() <= 2, diff.max()  # the same pose (up to float rounding of re-posing)
+    assert np.abs(frames[0][below_label, :48].astype(int) - frames[2][below_label, :48].astype(int)).max() > 30
+    red, green = np.array([230, 30, 30]), np.array([20, 170, 40])
+    for k, frame in enumerate(frames):
+        panel = frame[:, 48:]
+        drawn = (panel != photo).any(axis=-1)
+        assert (panel == green).all(axis=-1).sum() > 20  # the current skeleton
+        assert ((panel == red).all(axis=-1).sum() > 5) == (k > 0)  # the estimate shows once the pose moved
+        assert (drawn <= ((panel == green) | (panel == red)).all(axis=-1)).all()  # elsewhere the photo itself
