@@ -158,15 +158,22 @@ class FromSpin:
     Default: SPIN's 5000 px crop focal scaled to the frame (a distant, nearly orthographic camera)."""
     bbox_scale: float = 1.0
     """Factor on the box side if the crop was enlarged from the stored boxes (SPIN demo 1.2, VIBE 1.1)."""
+    background: Literal["median", "white", "none"] = "median"
+    """What is behind the person: 'median' (a static camera) stores the frames' per-pixel median outside the
+    masks as the background image; 'white' (a moving camera) paints the frames white outside the masks; 'none'
+    keeps them as they are (frames already on white)."""
+    overwrite: bool = False
+    """Replace an existing --out file."""
 
     def main(self) -> None:
         from fast_anerf.data.from_spin import convert_spin
 
-        info = convert_spin(self.spin, self.images, self.out, self.masks, self.smpl, self.focal, self.bbox_scale)
+        info = convert_spin(self.spin, self.images, self.out, self.masks, self.smpl, self.focal, self.bbox_scale,
+                            self.background, self.overwrite)  # fmt: skip
         print(f"{info['out']}: {info['frames']} frames {info['width']}x{info['height']}, focal "
               f"{info['focal'][0]:.1f}-{info['focal'][1]:.1f} px, camera {info['camera_distance'][0]:.2f}-"
               f"{info['camera_distance'][1]:.2f} m from the pelvis, rest skeleton: {info['rest_pose']}, "
-              f"pelvis: {info['pelvis']}")  # fmt: skip
+              f"pelvis: {info['pelvis']}, background: {info['background']}")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 
 from fast_anerf.cli import entrypoint
 from fast_anerf.data.anerf_h5 import open_anerf_h5
-from fast_anerf.data.from_spin import SMPL_MEAN_PELVIS, SPIN_CROP, SPIN_FOCAL
+from fast_anerf.data.from_spin import SMPL_MEAN_PELVIS, SPIN_CROP, SPIN_FOCAL, fill_from_neighbours
 from fast_anerf.data.rays import project_points
 from fast_anerf.data.synthetic import builtin_rest_pose
 from fast_anerf.skeleton import axis_angle_to_matrix, matrix_to_axis_angle, rigid_inverse
@@ -125,7 +125,8 @@ def test_round_trip_with_known_focal(spin_case, capsys):
         assert imgs["sampling_masks"][imgs["masks"]].all() and imgs["sampling_masks"].sum() > imgs["masks"].sum()
         np.testing.assert_allclose(data.arrays["rest_pose"], builtin_rest_pose(), atol=1e-6)
         assert float(data.arrays["ext_scale"]) == pytest.approx(0.001)
-        assert data.arrays["cyls"].shape == (n, 5) and "bkgds" not in data.keys
+        assert data.arrays["cyls"].shape == (n, 5)
+        assert (imgs["bkgds"] == 255).all() and (data.arrays["bkgd_idxs"] == 0).all()  # frames on white: white
         assert not any(k.startswith("gt_") for k in data.keys)
         assert data.arrays["img_paths"][2].endswith("frame_8.png")  # natural sort: frame_8 before frame_12
 
@@ -280,3 +281,66 @@ def test_frames_from_a_video(spin_case):
         imgs = data.load_all()["imgs"].astype(np.float64)
         assert np.abs(imgs - src["imgs"]).mean() < 12
         assert data.arrays["img_paths"][3] == f"{video}/000003"
+
+
+def test_real_background_is_stored_or_painted_white_and_outputs_are_never_clobbered(spin_case, capsys):
+    """Frames in front of a static (non-white) background: `--background median` stores it as ``bkgds``, which
+    training composites onto (without it the body would have to fake the background inside the dilated masks);
+    `white` paints the frames white outside the masks. An existing --out, or one that is an input, is refused."""
+    from fast_anerf.data.split import load_split
+
+    root, src = spin_case["root"], spin_case["src"]
+    rng = np.random.default_rng(0)
+    scene = rng.integers(0, 200, (spin_case["h"], spin_case["w"], 3), dtype=np.uint8)
+    (root / "frames_bg").mkdir()
+    photos = np.where(src["masks"][..., None], src["imgs"], scene)
+    for i, photo in enumerate(photos):
+        iio.imwrite(root / "frames_bg" / f"frame_{i * 4}.png", photo)
+    args = ["data", "from-spin", str(root / "spin.npz"), "--images", str(root / "frames_bg"), "--masks",
+            str(root / "masks")]  # fmt: skip
+    assert entrypoint(args + ["--out", str(root / "bg.h5")]) == 0
+    with open_anerf_h5(root / "bg.h5") as data:
+        stored = data.load_all()
+        bkgd = stored["bkgds"].reshape(scene.shape)
+        never_seen = stored["sampling_masks"].reshape(photos.shape[:3]).all(axis=0)
+    assert 0 < never_seen.sum() < 0.5 * never_seen.size
+    np.testing.assert_array_equal(bkgd[~never_seen], scene[~never_seen])
+    # Never uncovered: the colour of the nearest seen pixels (white would be far off a dark background).
+    filled = np.round(fill_from_neighbours(scene, ~never_seen)).astype(np.uint8)
+    np.testing.assert_array_equal(bkgd[never_seen], filled[never_seen])
+    assert bkgd[never_seen].mean() < 200
+    split = load_split(root / "bg.h5")
+    np.testing.assert_allclose(split.backgrounds[3][~never_seen].numpy(), scene[~never_seen] / 255.0, atol=1e-6)
+
+    assert entrypoint(args + ["--out", str(root / "white.h5"), "--background", "white"]) == 0
+    with open_anerf_h5(root / "white.h5") as data:
+        stored = data.load_all()
+        assert stored["bkgds"] is None
+        np.testing.assert_array_equal(stored["imgs"], np.where(src["masks"][..., None], photos, 255))
+
+    capsys.readouterr()
+    before = (root / "bg.h5").read_bytes()
+    for out, words in ((root / "bg.h5", "exists"), (root / "spin.npz", "is the SPIN .npz"),
+                       (root / "frames_bg" / "frame_0.png", "is --images")):  # fmt: skip
+        assert entrypoint(args + ["--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err and str(out) in err, err
+    assert (root / "bg.h5").read_bytes() == before
+    assert entrypoint(args + ["--out", str(root / "bg.h5"), "--overwrite", "--background", "none"]) == 0
+    with open_anerf_h5(root / "bg.h5") as data:
+        np.testing.assert_array_equal(data.load_all()["imgs"], photos)
+
+
+def test_fill_from_neighbours_grows_the_known_colours_inwards():
+    image = np.zeros((5, 7, 3), np.float32)
+    image[:, :3] = 20.0  # the known left part is dark grey, the right part is unknown (values ignored)
+    image[:, 3:] = 999.0
+    known = np.zeros((5, 7), bool)
+    known[:, :3] = True
+    filled = fill_from_neighbours(image, known)
+    np.testing.assert_array_equal(filled, np.full((5, 7, 3), 20.0))
+    known = np.zeros((5, 7), bool)
+    known[0, 0], known[4, 6] = True, True
+    image[0, 0], image[4, 6] = 0.0, 100.0
+    filled = fill_from_neighbours(image, known)[..., 0]
+    assert filled[0, 1] == 0.0 and filled[4, 5] == 100.0 and 0.0 < filled[2, 3] < 100.0  # nearest colour wins

@@ -44,7 +44,12 @@ Conversion (A-NeRF's ``process_spin.py``, VIBE's ``convert_crop_cam_to_orig_img`
 Output keys: ``imgs, masks, sampling_masks`` (5x5 dilation twice), ``img_shape, kp3d, bones`` (axis-angle)
 ``, skts, cyls, c2ws, focals, centers, rest_pose, betas, ext_scale, pose_scale, img_paths`` (frame file
 paths, or ``<video>/<frame:06d>``, so consecutive frames are found for the temporal loss), ``kp_idxs`` (the
-frame index). No ``bkgds`` and no ``gt_*`` keys.
+frame index), and the background (``--background``): ``median`` (default, a static camera) stores ``bkgds`` = the
+per-pixel median of the frames outside the dilated masks (as A-NeRF's H36M backgrounds) with ``bkgd_idxs`` = 0,
+so training composites the body onto the real background; ``white`` (a moving camera) paints the frames white
+outside the masks; ``none`` keeps the frames as they are (already on white). Without a background the trainer
+composites onto white, and a real background inside the dilated masks would be a colour the body has to fake.
+No ``gt_*`` keys.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ SPIN_PELVIS_49 = 8  # "OP MidHip" in SPIN's 49 joints, mapped to SMPL joint 0
 SMPL_MEAN_PELVIS = np.array([-0.0018, -0.2233, 0.0282])
 EXT_SCALE = 0.001
 MASK_THRESHOLD = 2  # A-NeRF: foreground = mask >= 2 on 0-255 masks
+BACKGROUND_MODES = ("median", "white", "none")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0])
 ALIASES = {
@@ -108,6 +114,8 @@ def _bad(path: Path, key: str, problem: str, fix: str) -> DataError:
 
 
 def _finite(path: Path, key: str, a: np.ndarray) -> np.ndarray:
+    if np.asarray(a).dtype.kind not in "biuf":
+        raise _bad(path, key, f"holds {np.asarray(a).dtype} values, not numbers", "re-export the SPIN output")
     a = np.asarray(a, dtype=np.float64)
     if not np.isfinite(a).all():
         row = int(np.argwhere(~np.isfinite(a.reshape(len(a), -1)).all(-1))[0, 0]) if a.ndim else 0
@@ -341,6 +349,59 @@ def read_frames(path: Path, what: str, ids: np.ndarray | None, n: int) -> tuple[
     return out, [names[i] for i in ids]
 
 
+def _same_or_inside(path: Path, other: Path) -> bool:
+    """Whether ``path`` is ``other`` or lies inside the folder ``other`` (symlinks resolved)."""
+    path, other = path.resolve(), other.resolve()
+    return path == other or other in path.parents
+
+
+def static_background(imgs: np.ndarray, covered: np.ndarray, max_frames: int = 200) -> np.ndarray:
+    """A static camera's background: the per-pixel median of the frames where ``covered`` is False.
+
+    Args:
+        imgs: ``[N, H, W, 3]`` uint8 frames; covered: ``[N, H, W]`` bool (the dilated person masks).
+        max_frames: at most this many frames, evenly spread, enter the median (memory: rows are done in blocks).
+
+    Returns:
+        ``[H, W, 3]`` uint8. Pixels covered in every frame (never seen: a person who barely moves) take the colour
+        of the nearest seen pixels (``fill_from_neighbours``): training samples rays there, and white would be
+        far off on a dark background. All white when no pixel is ever seen.
+    """
+    keep = np.unique(np.linspace(0, len(imgs) - 1, min(len(imgs), max_frames)).round().astype(int))
+    imgs, covered = imgs[keep], covered[keep]
+    n, h, w, _ = imgs.shape
+    out = np.full((h, w, 3), 255.0, np.float32)
+    seen = ~covered.all(axis=0)  # [H, W]
+    rows = max(1, (64 << 20) // max(n * w * 3 * 4, 1))  # ~64 MB of float32 per block
+    for top in range(0, h, rows):
+        block = imgs[:, top : top + rows].astype(np.float32)
+        block[covered[:, top : top + rows]] = np.nan
+        block_seen = seen[top : top + rows]
+        with np.errstate(all="ignore"):
+            out[top : top + rows][block_seen] = np.nanmedian(block[:, block_seen], axis=0)  # [n_seen, 3]
+    if seen.any():
+        out = fill_from_neighbours(out, seen)
+    return np.round(out).astype(np.uint8)
+
+
+def fill_from_neighbours(image: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """``image [H, W, C]`` with the pixels where ``known [H, W]`` is False filled, ring by ring, with the mean of
+    their already-filled 4-neighbours (a nearest-colour fill). ``known`` must hold at least one True."""
+    image, known = image.astype(np.float32).copy(), known.copy()
+    while not known.all():
+        total = np.zeros_like(image)
+        count = np.zeros(known.shape, np.float32)
+        padded_img = np.pad(image * known[..., None], ((1, 1), (1, 1), (0, 0)))
+        padded_known = np.pad(known, 1).astype(np.float32)
+        for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):  # up, down, left, right neighbours
+            total += padded_img[dy : dy + known.shape[0], dx : dx + known.shape[1]]
+            count += padded_known[dy : dy + known.shape[0], dx : dx + known.shape[1]]
+        ring = ~known & (count > 0)
+        image[ring] = total[ring] / count[ring][:, None]
+        known |= ring
+    return image
+
+
 def convert_spin(
     spin_path: str | os.PathLike,
     images: str | os.PathLike,
@@ -349,11 +410,14 @@ def convert_spin(
     smpl: str | os.PathLike | None = None,
     focal: float | None = None,
     bbox_scale: float = 1.0,
+    background: str = "median",
+    overwrite: bool = False,
 ) -> dict:
     """Convert SPIN output + frames + masks into an A-NeRF ``.h5`` at ``out`` (module docstring).
 
     Everything is read and validated before anything is written; the write is atomic. Returns a summary dict
-    (``frames, height, width, focal, camera_distance`` (min, max) m, ``rest_pose``, ``pelvis`` sources).
+    (``frames, height, width, focal, camera_distance`` (min, max) m, ``rest_pose``, ``pelvis`` sources,
+    ``background``). ``background``: ``BACKGROUND_MODES`` (module docstring).
     """
     from fast_anerf.data.synthetic import builtin_rest_pose, pose_arrays
 
@@ -364,6 +428,13 @@ def convert_spin(
         raise UserError(f"--bbox-scale is {bbox_scale}; expected a factor > 0 (1 = the boxes as stored)")
     if out.is_dir():
         raise UserError(f"{out}: is a directory — pass the path of the .h5 file to write")
+    for given, what in ((spin_path, "the SPIN .npz"), (Path(images), "--images"), (masks, "--masks")):
+        if given is not None and Path(given).exists() and _same_or_inside(out, Path(given)):
+            raise UserError(f"{out}: is {what} (or inside it) — pass another --out for the .h5")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out}: exists — pass another --out, or --overwrite to replace it")
+    if background not in BACKGROUND_MODES:
+        raise UserError(f"--background {background}: expected one of {BACKGROUND_MODES}")
     spin = load_spin_npz(spin_path)
     n = spin.n
     frames, img_paths = read_frames(Path(images), "frames", spin.frame_ids, n)
@@ -403,10 +474,17 @@ def convert_spin(
     c2ws = spin_c2ws(trans)
     bones = matrix_to_axis_angle(torch.as_tensor(spin.rotmats)).numpy()
     poses = pose_arrays(rest.astype(np.float32), bones, pelvis)
+    imgs, sampling = np.stack(frames), dilate_mask(fg)
+    backgrounds = {}
+    if background == "median":
+        backgrounds = {"bkgds": static_background(imgs, sampling)[None], "bkgd_idxs": np.zeros(n, np.int64)}
+    elif background == "white":
+        imgs = np.where(fg[..., None], imgs, np.uint8(255))
     data = {
-        "imgs": np.stack(frames),
+        "imgs": imgs,
         "masks": fg,
-        "sampling_masks": dilate_mask(fg),
+        "sampling_masks": sampling,
+        **backgrounds,
         "img_shape": np.array([n, h, w, 3]),
         **poses,
         "cyls": bounding_cylinder(poses["kp3d"]),
@@ -424,6 +502,7 @@ def convert_spin(
     dist = np.linalg.norm(trans + pelvis, axis=-1)  # camera to pelvis
     return {
         "out": str(out),
+        "background": background,
         "frames": n,
         "height": h,
         "width": w,
