@@ -80,7 +80,8 @@ class Eval:
     ckpt: Path
     """Checkpoint written by `fast-anerf train` (OUT/checkpoint.pt)."""
     data: Path | None = None
-    """Folder with test_view.h5 / test_pose.h5, or one .h5. Default: the data the model was trained on."""
+    """Folder with test_view.h5 / test_pose.h5, or one .h5. Default: the held-out data the run evaluated (its
+    --data folder or --eval-data)."""
     json: Path | None = None
     """Also write the metrics here as JSON."""
     max_frames: int | None = None
@@ -258,7 +259,7 @@ class Render:
     frames: tuple[int, ...] = ()
     """Training images to use (bullet, interpolate/animate key poses, correction, mesh poses, retarget replay), or
     rows of --source (retarget, val). Default: bullet/mesh 0, interpolate/animate 3 spread frames, correction the
-    3 images whose poses refinement moved most, otherwise all."""
+    image in each third of the sequence whose pose refinement moved most, otherwise all."""
     n_views: int = 36
     """Bullet and mesh turntable: views per 360 degrees."""
     n_steps: int = 10
@@ -270,7 +271,7 @@ class Render:
     source: Path | None = None
     """Retarget: poses from an A-NeRF .h5 (bones + kp3d) or an .npz (bones [T,24,3] + root [T,3] in the
     viewer's canonical convention, or + kp3d [T,24,3] in A-NeRF's world). Val: the held-out .h5
-    (default: test_view.h5 next to the training data)."""
+    (default: the run's held-out data, else test_view.h5 next to the training data)."""
     motion: str | None = None
     """Retarget: a built-in motion (walk, arm_raise, turn, squat, jumping_jacks, wave)."""
     motion_frames: int = 48

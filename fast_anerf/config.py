@@ -124,6 +124,20 @@ class TrainConfig:
     temp_coef: float = 0.0  # temporal smoothness weight (A-NeRF's --temp_coef 0.05 with --use_temp_loss)
     multiview: bool = False  # images with the same kp_idxs share non-root rotations (A-NeRF's --multiview)
 
+    def __post_init__(self) -> None:
+        """Values no run can use fail here, as one line naming the key (not as a traceback mid-training)."""
+        positive = ("step_size", "rays_per_batch", "images_per_batch", "log_every", "chunk_rays", "eval_frames",
+                    "decay_steps", "occ_resolution", "occ_update_every")  # fmt: skip
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} = {getattr(self, name)!r} must be > 0")
+        for name in ("steps", "max_minutes", "n_samples", "eval_every", "ckpt_every", "lr", "lr_mlp", "pose_lr"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} = {getattr(self, name)!r} must be >= 0")
+        if self.rays_per_batch < self.images_per_batch:
+            raise ValueError(f"rays_per_batch = {self.rays_per_batch} is below images_per_batch = "
+                             f"{self.images_per_batch} (at least one ray per image)")  # fmt: skip
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -233,4 +247,8 @@ def load_preset(name_or_path: str) -> RunConfig:
 def with_overrides(config: RunConfig, **train_overrides: Any) -> RunConfig:
     """Replace the given ``TrainConfig`` fields, ignoring ``None`` values (CLI flags left unset)."""
     changes = {k: v for k, v in train_overrides.items() if v is not None}
-    return dataclasses.replace(config, train=replace(config.train, **changes))
+    try:
+        return dataclasses.replace(config, train=replace(config.train, **changes))
+    except ValueError as error:  # TrainConfig's checks: e.g. --steps -1
+        raise UserError(f"{error} (set by --{'/--'.join(k.replace('_', '-') for k in changes)} or the preset); "
+                        "fix that value") from None  # fmt: skip

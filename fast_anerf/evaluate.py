@@ -130,6 +130,22 @@ def public(result: dict) -> dict:
     return {k: v for k, v in result.items() if not k.startswith("_")}
 
 
+def default_eval_data(ckpt: dict, ckpt_path: Path) -> Path:
+    """The held-out data of a training run: its ``eval_data`` (what it evaluated while training), else the folder
+    of its training .h5 (checkpoints written before ``eval_data`` existed); a UserError when it has none."""
+    stored = ckpt.get("eval_data")
+    if stored:
+        return Path(stored)
+    train = str(ckpt.get("data") or "")
+    if not train:
+        raise UserError(f"{ckpt_path}: the checkpoint does not say which data it was trained on; pass --data")
+    folder = Path(train).parent
+    if "eval_data" in ckpt and not any((folder / f"{name}.h5").is_file() for name in ("test_view", "test_pose")):
+        raise UserError(f"{ckpt_path}: the run had no held-out data (it trained on {train} alone); pass --data "
+                        "with a folder holding test_view.h5 / test_pose.h5, or one .h5")  # fmt: skip
+    return folder
+
+
 def run_eval(args) -> dict:
     """``fast-anerf eval``: metrics of a checkpoint on held-out splits, to screen and JSON."""
     from fast_anerf.model import load_character
@@ -139,10 +155,9 @@ def run_eval(args) -> dict:
     device = pick_device(args.device)
     model, ckpt = load_character(args.ckpt, device=device, backend=args.backend)
     model.eval()
-    data = args.data if args.data is not None else Path(ckpt.get("data", ""))
-    if args.data is None and not str(ckpt.get("data", "")):
-        raise UserError(f"{args.ckpt}: the checkpoint does not say which data it was trained on; pass --data")
-    data_dir = data.parent if data.is_file() and args.data is None else data
+    data_dir = args.data if args.data is not None else default_eval_data(ckpt, args.ckpt)
+    if args.max_frames is not None and args.max_frames < 1:
+        raise UserError(f"--max-frames {args.max_frames}: expected at least 1 frame per split (or leave it out)")
     settings = RenderSettings.from_train(model.config.train, training=False)
     results = {}
     for name, path in find_eval_splits(data_dir).items():

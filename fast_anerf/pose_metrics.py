@@ -55,7 +55,9 @@ def format_pose_table(before: dict, after: dict | None = None) -> str:
         row = f"{label:<22} {b:>9.1f}"
         if after:
             a = after[name + suffix]
-            row += f" {a:>9.1f} {100 * (a - b) / max(b, 1e-12):>7.1f}%"
+            # A change relative to an error of ~0 (the estimates were the truth) means nothing: n/a.
+            change = f"{100 * (a - b) / b:>7.1f}%" if b > (1e-3 if unit == "mm" else 1e-6) else f"{'n/a':>8}"
+            row += f" {a:>9.1f} {change}"
         lines.append(row)
     lines.append("per joint MPJPE: " + ", ".join(
         f"{name} {before['per_joint_mpjpe'][name]:.0f}" + (f"->{after['per_joint_mpjpe'][name]:.0f}" if after else "")

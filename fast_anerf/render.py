@@ -207,7 +207,9 @@ class Scene:
             raise UserError(f"{args.ckpt}: its training data '{path}' is not there; pass the .h5 with --data")
         self.data = open_anerf_h5(path)
         self.skts, self.pose_note = trained_skts(self.ckpt, self.data, self.model, args.refined)
+        self.mismatch = ""  # why the checkpoint's refined poses were not used, when they exist
         if self.skts.shape[0] != self.data.n_poses:
+            self.mismatch = f"its {self.skts.shape[0]} refined poses do not match the {self.data.n_poses} of {path}"
             self.skts, self.pose_note = torch.as_tensor(self.data.arrays["skts"]).float(), "the data's poses (skts)"
         self.refined = self.pose_note == REFINED_NOTE
         self.height, self.width = args.res if args.res is not None else (self.data.height, self.data.width)
@@ -307,6 +309,9 @@ def plan_correction(scene: Scene, args) -> list[View]:
     red, current pose green). Default frames: the 3 images whose joints refinement moved most."""
     from fast_anerf.media import draw_skeleton, to_uint8
 
+    if scene.mismatch:
+        raise UserError(f"{args.ckpt}: --type correction needs the run's training data: {scene.mismatch}; drop "
+                        "--data or pass the .h5 the run trained on")  # fmt: skip
     if not scene.refined:
         raise UserError(f"{args.ckpt}: --type correction shows what pose refinement changed, and this checkpoint "
                         "holds no refined poses (it trained on its data's poses, or --no-refined was given); "
@@ -347,9 +352,14 @@ def skts_to_joints(rest_pose: torch.Tensor, skts: torch.Tensor) -> torch.Tensor:
 
 
 def held_out_path(scene: Scene, source: Path | None) -> Path:
+    """``--source``, else the run's held-out data (its ``eval_data``: a file, or a folder's test_view.h5 /
+    test_pose.h5), else those next to the training data."""
     if source is not None:
         return Path(source)
-    folder = scene.data.path.parent
+    stored = Path(str(scene.ckpt.get("eval_data") or scene.data.path.parent))
+    if stored.is_file():
+        return stored
+    folder = stored
     for name in ("test_view.h5", "test_pose.h5"):
         if (folder / name).is_file():
             return folder / name

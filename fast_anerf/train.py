@@ -208,6 +208,9 @@ class Trainer:
             )
         self.skts = (self.split.gt_skts if cfg.gt_poses else self.split.skts).to(self.device)
         self.pose_idxs = self.split.pose_idxs.to(self.device)
+        if cfg.gt_poses and cfg.refine_poses == "on":
+            raise UserError("--gt-poses trains on the file's true poses, --refine-poses on refines its estimated ones; "
+                            "drop one of the two flags")  # fmt: skip
         self.refiner = self._make_refiner() if wants_pose_refinement(cfg, self.split) else None
         self.step = 0
         self.elapsed = 0.0
@@ -215,6 +218,8 @@ class Trainer:
         if resume_state is not None:
             self._restore(resume_state)
         self.eval_splits = find_eval_splits(self.eval_dir) if self.eval_dir is not None else {}
+        for path in self.eval_splits.values():  # a damaged held-out file fails now, not at the first evaluation
+            load_split(path)
         self._interrupted = False
         self._bad_steps = 0
 
@@ -276,8 +281,8 @@ class Trainer:
             pool=self.pool.state_dict(),
             torch_rng=torch.get_rng_state(),
             cuda_rng=torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-            data=str(self.train_path),
-            eval_data=str(self.eval_dir) if self.eval_dir is not None else None,
+            data=str(self.train_path.resolve()),  # absolute: eval / render / view run from anywhere
+            eval_data=str(self.eval_dir.resolve()) if self.eval_dir is not None else None,
             history=self.history,
             poses=self.refiner.state_dict() if self.refiner is not None else None,
         )

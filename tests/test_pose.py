@@ -296,3 +296,17 @@ def test_refine_learning_rate_anneals_from_lr_to_lr_times_decay(tmp_path, tiny_d
     run_refine(Refine(ckpt=tmp_path / "run" / "checkpoint.pt", data=tiny_data / "train.h5", out=tmp_path / "refine",
                       steps=5, lr=2e-3, lr_decay=0.1, rays_per_batch=256, device="cpu"))  # fmt: skip
     assert seen == pytest.approx([2e-3 * 0.1 ** (k / 4) for k in range(5)], rel=1e-12)
+
+
+def test_pose_table_has_no_percent_change_from_a_zero_error():
+    """Refining poses that were the truth (error 0 before): the change column says n/a, not 10^14 %."""
+    from fast_anerf.pose_metrics import format_pose_table
+    from fast_anerf.skeleton import SMPL_JOINT_NAMES
+
+    def errors(value):
+        return {"unit": "mm", "mpjpe_mm": value, "pa_mpjpe_mm": value, "abs_mpjpe_mm": 2 * value,
+                "per_joint_mpjpe": dict.fromkeys(SMPL_JOINT_NAMES, value)}  # fmt: skip
+
+    rows = format_pose_table(errors(0.0), errors(6.9)).splitlines()
+    assert rows[1].split()[-1] == "n/a" and "%" not in "".join(rows[1:4])
+    assert format_pose_table(errors(10.0), errors(6.9)).splitlines()[1].endswith("-31.0%")

@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,3 +78,60 @@ def test_resume_keeps_the_held_out_evaluation_and_eval_data_adds_one(tiny_data, 
     assert Trainer(single).run()["splits"] == {}  # one .h5: nothing held out
     held_out = Trainer(replace(single, out=tmp_path / "single_eval", eval_data=tiny_data / "test_view.h5")).run()
     assert set(held_out["splits"]) == {"test_view"} and held_out["splits"]["test_view"]["psnr"] > 5.0
+
+
+def test_checkpoint_names_its_data_absolutely_and_eval_finds_the_runs_held_out_data(tiny_data, tmp_path, monkeypatch,
+                                                                                     capsys):  # fmt: skip
+    """A run started with a relative --data is evaluated from any folder; `eval` without --data uses the run's
+    --eval-data; a run without held-out data says so in one line."""
+    import shutil
+
+    shutil.copytree(tiny_data, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    Trainer(_args(Path("data/train.h5"), Path("run"), steps=2, eval_data=Path("data/test_view.h5"))).run()
+    Trainer(_args(Path("data/train.h5"), Path("alone"), steps=2)).run()
+    monkeypatch.chdir(tmp_path / "data")
+    capsys.readouterr()
+    assert entrypoint(["eval", "--ckpt", "../run/checkpoint.pt", "--device", "cpu", "--max-frames", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "test_view" in out and "test_pose" not in out  # the run's --eval-data, not the training folder
+    assert entrypoint(["eval", "--ckpt", "../alone/checkpoint.pt", "--device", "cpu"]) == 0  # data/ has both
+    assert "test_pose" in capsys.readouterr().out
+    shutil.move(tmp_path / "data" / "test_pose.h5", tmp_path / "test_pose.h5")
+    shutil.move(tmp_path / "data" / "test_view.h5", tmp_path / "test_view.h5")
+    assert entrypoint(["eval", "--ckpt", "../alone/checkpoint.pt", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "had no held-out data" in err and "--data" in err
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--steps", "-1"], ["steps = -1 must be >= 0", "--steps"]),
+        (["--gt-poses", "--refine-poses", "on"], ["--gt-poses", "drop one"]),
+        (["--preset", "BAD_PRESET"], ["step_size = 0", "[train]", "bad.toml"]),
+    ],
+)
+def test_unusable_settings_are_one_line_before_training(tiny_data, tmp_path, capsys, argv, words):
+    (tmp_path / "bad.toml").write_text("[train]\nstep_size = 0\n")
+    argv = [str(tmp_path / "bad.toml") if a == "BAD_PRESET" else a for a in argv]
+    out = tmp_path / "run"
+    assert entrypoint(["train", "--data", str(tiny_data), "--out", str(out), "--device", "cpu", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    for word in words:
+        assert word in err, err
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_a_damaged_held_out_file_fails_before_training(tiny_data, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(tiny_data, tmp_path / "data")
+    damaged = tmp_path / "data" / "test_view.h5"
+    damaged.write_bytes(damaged.read_bytes()[:50000])
+    assert entrypoint(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--steps", "3",
+                       "--device", "cpu"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "test_view.h5" in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
