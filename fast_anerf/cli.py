@@ -35,7 +35,7 @@ class Train:
     """Held-out data evaluated during and after training: a folder with test_view.h5 / test_pose.h5, or one .h5.
     Default: the --data folder (none when --data is one .h5 file); a resumed run keeps its own."""
     preset: str = "demo"
-    """Config preset: a name from configs/ (demo, gpu, surreal, mixamo, h36m, perfcap) or a .toml path."""
+    """Config preset: a name from configs/ (demo, gpu, anerf, surreal, mixamo, h36m, perfcap) or a .toml path."""
     field: Literal["fast", "anerf"] | None = None
     """Field type; overrides the preset. 'anerf' is the original A-NeRF model (our baseline)."""
     steps: int | None = None
@@ -67,10 +67,12 @@ class Train:
     multiview: bool = False
     """Images of one time instant (same kp_idxs) share their non-root joint rotations (A-NeRF's --multiview)."""
 
-    def main(self) -> None:
-        from fast_anerf.train import run_training
+    def main(self) -> int:
+        from fast_anerf.train import Trainer
 
-        run_training(self)
+        trainer = Trainer(self)
+        trainer.run()
+        return 130 if trainer.interrupted else 0  # checkpoint saved; 130 as any Ctrl-C: `train && render` stops
 
 
 @dataclass(frozen=True)
@@ -351,14 +353,14 @@ def entrypoint(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the process exit code."""
     command = tyro.cli(Command, args=argv, prog="fast-anerf", config=(tyro.conf.OmitSubcommandPrefixes,))
     try:
-        command.main()
+        code = command.main()  # None, or an exit code (train: 130 after Ctrl-C saved the checkpoint)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 def main() -> None:

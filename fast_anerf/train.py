@@ -217,6 +217,11 @@ class Trainer:
         self.history: list[dict] = []
         if resume_state is not None:
             self._restore(resume_state)
+            limit = cfg.max_minutes * 60.0
+            if 0 < limit <= self.elapsed and self.step < cfg.steps:  # it would stop at once, having done nothing
+                raise UserError(f"{self.ckpt_path}: the run has used its time limit ({self.elapsed / 60:.1f} of "
+                                f"max_minutes {cfg.max_minutes:g}); pass --max-minutes with more (0 = no limit) to "
+                                "train further")  # fmt: skip
         self.eval_splits = find_eval_splits(self.eval_dir) if self.eval_dir is not None else {}
         for path in self.eval_splits.values():  # a damaged held-out file fails now, not at the first evaluation
             load_split(path)
@@ -480,6 +485,11 @@ class Trainer:
         result.update(refinement_errors(self.split, refined["kp3d"]) or {})
         print(f"refined poses: {path}")
         return result
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether Ctrl-C stopped the run (its checkpoint was saved; no evaluation, no eval.json)."""
+        return self._interrupted
 
     def _on_sigint(self, signum, frame) -> None:
         if self._interrupted:  # a second Ctrl-C: give up immediately (the last checkpoint is intact)

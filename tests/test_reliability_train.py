@@ -2,7 +2,7 @@
 
 * SIGKILL at random moments (mid-step, mid-save) never leaves an unreadable checkpoint, and ``--resume`` from
   whatever is on disk ends with exactly the parameters of an uninterrupted run (same seed, CPU).
-* Ctrl-C (SIGINT) saves a checkpoint, prints its path and exits 0.
+* Ctrl-C (SIGINT) saves a checkpoint, prints its path and exits 130 (as render and refine on Ctrl-C).
 * A non-finite loss or gradient skips its step (logged with the step number) without touching parameters,
   poses or optimiser state; after ``max_bad_steps`` consecutive bad steps the run stops in one line, exit 2,
   with the last good checkpoint intact.
@@ -174,14 +174,14 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tiny_data, t
     assert _equal(reference, _params(resumed)) == [], (killed_at, saved_steps)
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_0_with_its_path(tiny_data, tmp_path, preset):
+def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_its_path(tiny_data, tmp_path, preset):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "fast_anerf.cli", *_cli(tiny_data / "train.h5", out, preset, 100000)]
     proc, lines = _run_until(cmd, r"^step\s+3/")
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
     text = "".join(lines) + rest
-    assert proc.returncode == 0, text
+    assert proc.returncode == 130, text
     assert "Traceback" not in text
     match = re.search(r"interrupted at step (\d+); checkpoint saved to (.+) \(continue with --resume\)", text)
     assert match, text

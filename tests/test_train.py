@@ -135,3 +135,13 @@ def test_a_damaged_held_out_file_fails_before_training(tiny_data, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "test_view.h5" in err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_resuming_a_run_that_used_its_time_limit_asks_for_more_minutes(tiny_data, tmp_path, capsys):
+    Trainer(_args(tiny_data, tmp_path / "run", steps=50, max_minutes=1e-5)).run()  # stops after one step
+    argv = ["train", "--out", str(tmp_path / "run"), "--resume", "--steps", "60", "--device", "cpu"]
+    assert entrypoint(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "time limit" in err and "--max-minutes" in err
+    assert entrypoint([*argv, "--max-minutes", "0"]) == 0
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["step"] == 60
