@@ -34,6 +34,10 @@ class OutputDir:
                     f"{self.final}: folder exists and does not hold an earlier render (no {MARKER}); "
                     "choose another --out or remove it"
                 )
+            foreign = sorted(p.name for p in self.final.iterdir() if not _render_output(p))
+            if foreign:  # replacing the folder would delete them
+                raise UserError(f"{self.final}: holds files a render did not write ({', '.join(foreign[:3])}); "
+                                "move them out or choose another --out")  # fmt: skip
         self.tmp = self.final.parent / f".{self.final.name}.partial-{os.getpid()}"
         self.committed = False
 
@@ -69,6 +73,13 @@ class OutputDir:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return self.final
+
+
+def _render_output(path: Path) -> bool:
+    """Whether ``path`` (inside an earlier render's folder) is something a render writes."""
+    if path.is_dir():
+        return path.name == "frames" and all(p.suffix == ".png" for p in path.iterdir())
+    return path.name == MARKER or path.suffix in (".mp4", ".gif", ".ply")
 
 
 def to_uint8(image) -> np.ndarray:

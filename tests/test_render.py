@@ -234,6 +234,19 @@ def test_failed_render_leaves_no_partial_output_and_keeps_other_folders(tiny_mod
     assert "does not hold an earlier render" in capsys.readouterr().err
     assert [p.name for p in keep.iterdir()] == ["mine.txt"]
 
+    # An earlier render into which the user put a file of their own: replacing it would delete that file.
+    earlier = tmp_path / "earlier"
+    assert _render(tiny_model, earlier, "--type", "bullet", "--n-views", "2", "--res", "16", "16") == 0
+    (earlier / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert _render(tiny_model, earlier, "--type", "bullet", "--n-views", "3", "--res", "16", "16") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "notes.txt" in err and "move them out" in err
+    assert (earlier / "notes.txt").read_text() == "mine" and len(_frames(earlier)) == 2
+    (earlier / "notes.txt").unlink()
+    assert _render(tiny_model, earlier, "--type", "bullet", "--n-views", "3", "--res", "16", "16") == 0
+    assert len(_frames(earlier)) == 3
+
 
 def test_correction_morphs_the_estimate_into_the_refined_pose(tiny_model, tiny_data, tmp_path, capsys):
     """``--type correction``: the first render of a frame is its estimated pose, the last its refined pose (the
