@@ -150,7 +150,8 @@ def run_eval(args) -> dict:
     """``fast-anerf eval``: metrics of a checkpoint on held-out splits, to screen and JSON."""
     from fast_anerf.model import load_character
     from fast_anerf.renderer import RenderSettings
-    from fast_anerf.train import pick_device, write_json_atomic
+    from fast_anerf.run_files import write_json_atomic
+    from fast_anerf.train import pick_device
 
     device = pick_device(args.device)
     model, ckpt = load_character(args.ckpt, device=device, backend=args.backend)

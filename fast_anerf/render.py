@@ -437,7 +437,7 @@ def render_views(scene: Scene, views: list[View], height: int, width: int, out, 
 def run_render(args) -> dict:
     """``fast-anerf render``: validate everything, render into a temporary folder, rename it to ``--out``."""
     from fast_anerf.media import MARKER, OutputDir
-    from fast_anerf.train import write_json_atomic
+    from fast_anerf.run_files import write_json_atomic
 
     _check_args(args)
     out = OutputDir(args.out)

@@ -8,16 +8,12 @@ generator, so the result equals an uninterrupted run (on CPU).
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import signal
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 import torch
 
@@ -28,6 +24,7 @@ from fast_anerf.evaluate import evaluate_split, find_eval_splits, format_table, 
 from fast_anerf.model import Character, load_character, read_checkpoint, save_checkpoint
 from fast_anerf.pose import PoseRefiner, RefinablePoses
 from fast_anerf.renderer import RenderSettings, render_rays
+from fast_anerf.run_files import summary_writer, write_json_atomic, write_png_atomic
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -38,36 +35,6 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON under a temporary name and rename; an ``OSError`` becomes a one-line ``OutputError``."""
-    path = Path(path)
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(obj, handle, indent=2)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def write_png_atomic(path: Path, image: np.ndarray) -> None:
-    """Write a PNG under a temporary name and rename; an ``OSError`` becomes a one-line ``OutputError``."""
-    path = Path(path)
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        try:
-            # Encode in memory, write the bytes ourselves: on a full disk imageio's plugin raises again from __del__.
-            tmp.write_bytes(iio.imwrite("<bytes>", image, extension=".png"))
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
 
 def resolve_data(data: Path | None) -> tuple[Path, Path | None]:
@@ -399,7 +366,7 @@ class Trainer:
             tempfile.TemporaryFile(dir=self.out).close()
             for stale in self.out.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # left by a killed run mid-save
                 stale.unlink(missing_ok=True)
-        writer = _summary_writer(self.out / "tb")
+        writer = summary_writer(self.out / "tb")
         print(
             f"{self.model.describe()}\ndevice {self.device}; data {self.train_path} "
             f"({self.split.n_images} images {self.split.height}x{self.split.width}, {len(self.pool):,} rays)"
@@ -498,34 +465,8 @@ class Trainer:
         print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
 
 
-def _summary_writer(folder: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional; log.jsonl-style history is in the checkpoint and eval.json
-        return None
-    _quiet_tensorboard_thread_errors()
-    return SummaryWriter(str(folder))
-
-
-def _quiet_tensorboard_thread_errors() -> None:
-    """TensorBoard writes events from a thread; on a full disk that thread dies with a printed traceback, and the
-    same OSError reaches the training loop at its next log call, where it becomes the one-line error. Keep the
-    thread's copy quiet (only OSErrors of TensorBoard's own writer threads; everything else prints as before)."""
-    previous = threading.excepthook
-    if getattr(previous, "_fast_anerf", False):
-        return
-
-    def hook(args) -> None:
-        if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
-            return
-        previous(args)
-
-    hook._fast_anerf = True
-    threading.excepthook = hook
-
-
 def run_training(args) -> dict:
     return Trainer(args).run()
 
 
-__all__ = ["Trainer", "run_training", "pick_device", "write_json_atomic", "load_character"]
+__all__ = ["Trainer", "run_training", "pick_device", "load_character"]

@@ -12,7 +12,8 @@ import torch
 
 from fast_anerf.cli import entrypoint
 from fast_anerf.data.anerf_h5 import open_anerf_h5
-from fast_anerf.data.from_spin import SMPL_MEAN_PELVIS, SPIN_CROP, SPIN_FOCAL, fill_from_neighbours
+from fast_anerf.data.background import fill_from_neighbours
+from fast_anerf.data.from_spin import SMPL_MEAN_PELVIS, SPIN_CROP, SPIN_FOCAL
 from fast_anerf.data.rays import project_points
 from fast_anerf.data.synthetic import builtin_rest_pose
 from fast_anerf.skeleton import axis_angle_to_matrix, matrix_to_axis_angle, rigid_inverse
