@@ -14,8 +14,9 @@ Render types (A-NeRF's ``run_render.py``, specs/anerf.md §4):
   of the body (and the root) keeps the first chosen pose (A-NeRF's ``animate``).
 * ``correction``: the estimated pose of a training image morphing into its refined pose (what pose refinement
   changed), rendered next to the photo with both skeletons drawn (A-NeRF's ``correction``).
-* ``val``: held-out frames (``--source``, default ``test_view.h5`` next to the training data) with their
-  cameras and poses and the mean appearance code, each next to its ground truth, PSNR written on it.
+* ``val``: held-out frames (``--source``, default the run's held-out data, else ``test_view.h5`` next to the
+  training data) with their cameras and poses and the mean appearance code, each next to its ground truth,
+  PSNR written on it.
 * ``mesh``: see ``mesh.py``.
 
 A pose here is ``(rotations [24, 3, 3] local to the parent, root [3] world)``; ``pose_to_skts`` turns it
@@ -306,7 +307,8 @@ def plan_correction(scene: Scene, args) -> list[View]:
     """What pose refinement changed (A-NeRF's ``correction``): for each chosen training image, the estimated pose
     (the data's ``skts``) morphs into the refined one (the checkpoint's) in ``--n-steps`` steps, rendered from
     that image's camera with its appearance code, next to the photo with both skeletons drawn on it (estimate
-    red, current pose green). Default frames: the 3 images whose joints refinement moved most."""
+    red, current pose green). Default frames: in each third of the sequence, the image whose joints refinement
+    moved most."""
     from fast_anerf.media import draw_skeleton, to_uint8
 
     if scene.mismatch:
