@@ -227,6 +227,8 @@ def _nan_first(a):
         ("more_rows.npz", dict.fromkeys(ROW_KEYS, lambda a: np.concatenate([a, a[:1]])), [], "frames"),
         ("no_masks.npz", {}, ["--no-masks"], "masks"),
         ("smpl_missing.npz", {}, ["--smpl", "/nonexistent/SMPL_NEUTRAL.pkl"], "pip install smplx"),
+        ("text_rot.npz", {"pred_rotmat": lambda a: np.array(["a"] * len(a))}, [], "not numbers"),
+        ("degrees.npz", {"pred_rotmat": None, "pose": np.full((8, 72), 30.0)}, [], "radians"),
     ],
 )
 def test_bad_input_one_line_exit_2_nothing_written(spin_case, capsys, monkeypatch, name, edit, extra, expect):
@@ -330,6 +332,14 @@ def test_real_background_is_stored_or_painted_white_and_outputs_are_never_clobbe
     assert entrypoint(args + ["--out", str(root / "bg.h5"), "--overwrite", "--background", "none"]) == 0
     with open_anerf_h5(root / "bg.h5") as data:
         np.testing.assert_array_equal(data.load_all()["imgs"], photos)
+    assert "inverted" not in capsys.readouterr().err
+
+    (root / "masks_inverted").mkdir()
+    for i, mask in enumerate(src["masks"]):
+        iio.imwrite(root / "masks_inverted" / f"frame_{i * 4}.png", (~mask).astype(np.uint8) * 255)
+    inverted = args[:-1] + [str(root / "masks_inverted"), "--out", str(root / "inverted.h5")]
+    assert entrypoint(inverted) == 0  # converted, but the user is told
+    assert "are they inverted?" in capsys.readouterr().err
 
 
 def test_fill_from_neighbours_grows_the_known_colours_inwards():

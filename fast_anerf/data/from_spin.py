@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +168,10 @@ def load_spin_npz(path: str | os.PathLike) -> SpinFrames:
             pose = pose.reshape(-1, 24, 3)
         if pose.ndim != 3 or pose.shape[1:] != (24, 3) or len(pose) < 1:
             raise _bad(path, key, f"has shape {pose.shape}", "expected (N, 72) or (N, 24, 3) SMPL axis-angle")
+        angle = float(np.linalg.norm(pose, axis=-1).max())
+        if angle > 2 * np.pi + 1e-3:  # SPIN / VIBE write radians; a joint turned by more than a full turn is degrees
+            raise _bad(path, key, f"has a rotation of {angle:.1f} (more than 2 pi)",
+                       "axis-angle must be in radians (multiply degrees by pi / 180)")  # fmt: skip
         rot, rot_key = axis_angle_to_matrix(torch.as_tensor(pose)).numpy(), key
     rot = _finite(path, rot_key, rot)
     if rot.ndim != 4 or rot.shape[1:] != (24, 3, 3) or len(rot) < 1:
@@ -428,6 +433,9 @@ def convert_spin(
     c2ws = spin_c2ws(trans)
     bones = matrix_to_axis_angle(torch.as_tensor(spin.rotmats)).numpy()
     poses = pose_arrays(rest.astype(np.float32), bones, pelvis)
+    if fg.mean() > 0.5:  # a person rarely fills half of every frame: white-background masks, say
+        print(f"warning: the masks cover {fg.mean():.0%} of the frames — are they inverted? (the person must be "
+              f"the bright part: value >= {MASK_THRESHOLD} on 0-255)", file=sys.stderr)  # fmt: skip
     imgs, sampling = np.stack(frames), dilate_mask(fg)
     backgrounds = {}
     if background == "median":
