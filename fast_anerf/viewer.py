@@ -160,13 +160,15 @@ class TrainingView:
     aspect: float  # width / height
 
 
-def load_training_view(path: Path, gt_poses: bool) -> TrainingView:
+def load_training_view(path: Path, gt_poses: bool, skts: torch.Tensor | None = None) -> TrainingView:
     """Poses (one row per pose; appearance code = the first image showing it) and camera 0 of an A-NeRF .h5,
-    without loading its images."""
+    without loading its images. ``skts [P, 24, 4, 4]``: the poses to show instead of the file's (the refined
+    poses of a checkpoint); otherwise ``gt_skts`` when ``gt_poses``, else ``skts``."""
     with open_anerf_h5(path) as data:
         arrays = data.arrays
-        key = "gt_skts" if gt_poses and "gt_skts" in arrays else "skts"
-        skts = torch.as_tensor(np.asarray(arrays[key]), dtype=torch.float32)
+        if skts is None:
+            key = "gt_skts" if gt_poses and "gt_skts" in arrays else "skts"
+            skts = torch.as_tensor(np.asarray(arrays[key]), dtype=torch.float32)
         pose_idxs = np.asarray(data.pose_idxs)
         code_ids = np.full(skts.shape[0], -1, np.int64)
         for image in range(len(pose_idxs) - 1, -1, -1):  # backwards: the first image wins

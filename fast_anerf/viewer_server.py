@@ -379,8 +379,10 @@ def build_state(args) -> tuple[ViewerState, TrainingView | None]:
     """Load the checkpoint, the training poses and the motions named by the ``View`` arguments."""
     from fast_anerf.bone_boxes import skeleton_height
     from fast_anerf.data import motions
+    from fast_anerf.data.anerf_h5 import open_anerf_h5
     from fast_anerf.data.synthetic import builtin_rest_pose
     from fast_anerf.model import load_character
+    from fast_anerf.render import trained_skts
     from fast_anerf.train import pick_device, resolve_data
     from fast_anerf.viewer import load_motion_file, load_training_view, motion_sequence
 
@@ -391,7 +393,11 @@ def build_state(args) -> tuple[ViewerState, TrainingView | None]:
     home = None
     if data is not None and Path(data).exists():
         train_h5, _ = resolve_data(Path(data))
-        home = load_training_view(train_h5, gt_poses=model.config.train.gt_poses)
+        with open_anerf_h5(train_h5) as opened:  # the poses the model was trained on: refined ones if any
+            skts, note = trained_skts(ckpt, opened, model)
+            skts = skts if skts.shape[0] == opened.n_poses else None
+        home = load_training_view(train_h5, gt_poses=model.config.train.gt_poses, skts=skts)
+        log.info("training poses: %s", note if skts is not None else "the data's (refined poses do not match it)")
     elif args.data is not None:
         raise UserError(f"--data {args.data}: no such file or folder; pass the training .h5 or its folder")
     else:

@@ -440,3 +440,26 @@ def test_browser_shows_the_character_and_the_frame_slider_changes_it(chromium, t
     finally:
         browser.quit()
         app.stop()
+
+
+def test_training_poses_are_the_ones_the_model_was_trained_on(tiny_ckpt, tiny_data, tmp_path):
+    """A run that refined its poses: the viewer's training sequence shows the refined poses stored in the
+    checkpoint, not the data's estimates (the body was learned in the refined ones)."""
+    from fast_anerf.data.anerf_h5 import open_anerf_h5
+    from fast_anerf.pose import RefinablePoses
+    from fast_anerf.viewer import bones_from_skts
+    from fast_anerf.viewer_server import build_state
+
+    ckpt = torch.load(tiny_ckpt, weights_only=False)
+    with open_anerf_h5(tiny_data / "train.h5") as data:
+        arrays = {k: torch.as_tensor(data.arrays[k]).float() for k in ("gt_bones", "gt_kp3d", "rest_pose", "skts")}
+    refined = RefinablePoses(arrays["gt_bones"], arrays["gt_kp3d"][:, 0], arrays["rest_pose"])  # "refined" = truth
+    ckpt["poses"] = {"poses": refined.state_dict()}
+    torch.save(ckpt, tmp_path / "refined.pt")
+    _, home = build_state(View(ckpt=tmp_path / "refined.pt", device="cpu", backend="torch"))
+    with torch.no_grad():
+        want_bones, want_roots = bones_from_skts(refined()[1])
+    torch.testing.assert_close(home.sequence.bones, want_bones, atol=1e-4, rtol=0)
+    torch.testing.assert_close(home.sequence.roots, want_roots, atol=1e-5, rtol=0)
+    estimated_bones, _ = bones_from_skts(arrays["skts"])
+    assert float((home.sequence.bones - estimated_bones).abs().max()) > 0.02  # not the data's estimates
