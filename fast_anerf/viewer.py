@@ -42,7 +42,8 @@ VIEW_CHUNK = 16384  # rays per render_rays call on the CPU (see ViewerState)
 # on a GPU (scripts/gpu_check.sh runs bench_view.py there).
 VIEW_CHUNK_CUDA = 65536
 MIN_RES, MAX_RES = 32, 2048  # render size limits in pixels (the longer image side)
-TRAINING = "training poses"  # name of the sequence read from the training data
+TRAINING = "training poses"  # name of the sequence read from the training data (refined poses when there are)
+ESTIMATED = "estimated poses"  # the data's own poses, beside refined training poses (what refinement changed)
 BACKGROUNDS: dict[str, tuple[float, float, float] | None] = {
     "white": (1.0, 1.0, 1.0),
     "black": (0.0, 0.0, 0.0),

@@ -22,6 +22,7 @@ import logging
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from fast_anerf.errors import UserError
 from fast_anerf.skeleton import SMPL_JOINT_NAMES
 from fast_anerf.viewer import (
     BACKGROUNDS,
+    ESTIMATED,
     MAX_RES,
     MIN_RES,
     TRAINING,
@@ -382,7 +384,7 @@ def build_state(args) -> tuple[ViewerState, TrainingView | None]:
     from fast_anerf.data.anerf_h5 import open_anerf_h5
     from fast_anerf.data.synthetic import builtin_rest_pose
     from fast_anerf.model import load_character
-    from fast_anerf.render import trained_skts
+    from fast_anerf.render import REFINED_NOTE, trained_skts
     from fast_anerf.train import pick_device, resolve_data
     from fast_anerf.viewer import load_motion_file, load_training_view, motion_sequence
 
@@ -390,7 +392,7 @@ def build_state(args) -> tuple[ViewerState, TrainingView | None]:
     model, ckpt = load_character(args.ckpt, device=device, backend=args.backend)
     model.eval()
     data = args.data if args.data is not None else (Path(ckpt["data"]) if ckpt.get("data") else None)
-    home = None
+    home, extra = None, []
     if data is not None and Path(data).exists():
         train_h5, _ = resolve_data(Path(data))
         with open_anerf_h5(train_h5) as opened:  # the poses the model was trained on: refined ones if any
@@ -398,6 +400,9 @@ def build_state(args) -> tuple[ViewerState, TrainingView | None]:
             skts = skts if skts.shape[0] == opened.n_poses else None
         home = load_training_view(train_h5, gt_poses=model.config.train.gt_poses, skts=skts)
         log.info("training poses: %s", note if skts is not None else "the data's (refined poses do not match it)")
+        if skts is not None and note == REFINED_NOTE:  # the estimates too, to compare what refinement changed
+            estimates = load_training_view(train_h5, gt_poses=False).sequence
+            extra.append(replace(estimates, name=ESTIMATED))
     elif args.data is not None:
         raise UserError(f"--data {args.data}: no such file or folder; pass the training .h5 or its folder")
     else:
@@ -406,7 +411,7 @@ def build_state(args) -> tuple[ViewerState, TrainingView | None]:
     # place them where the training sequence starts (motions start standing, as training sequences do).
     scale = model.height / skeleton_height(torch.as_tensor(builtin_rest_pose()))
     anchor = home.sequence.roots[0].double().numpy() if home is not None else np.zeros(3)
-    sequences = [home.sequence] if home is not None else []
+    sequences = ([home.sequence] if home is not None else []) + extra
     for name in motions.list_motions():
         sequences.append(motion_sequence(name, *motions.MOTIONS[name](96), anchor, scale))
     for path in args.motion_file:

@@ -163,6 +163,7 @@ def test_sequences_and_joint_edits(viewer):
     state, home = viewer
     assert state.motion == TRAINING
     assert state.n_frames == 8 and list(state.sequences)[1:] == [
+        "estimated poses",  # the tiny run refined its poses: the data's estimates are there to compare
         "walk",
         "arm_raise",
         "turn",
@@ -170,7 +171,8 @@ def test_sequences_and_joint_edits(viewer):
         "jumping_jacks",
         "wave",
     ]
-    # Frame 0 of the training sequence is the file's pose (forward kinematics of the recovered rotations).
+    # Frame 0 of the training sequence is the file's pose (forward kinematics of the recovered rotations): the
+    # tiny run's 15 steps end before its poses start moving, so its refined poses are the file's.
     from fast_anerf.data.anerf_h5 import open_anerf_h5
 
     with open_anerf_h5(home.path) as data:
@@ -456,10 +458,20 @@ def test_training_poses_are_the_ones_the_model_was_trained_on(tiny_ckpt, tiny_da
     refined = RefinablePoses(arrays["gt_bones"], arrays["gt_kp3d"][:, 0], arrays["rest_pose"])  # "refined" = truth
     ckpt["poses"] = {"poses": refined.state_dict()}
     torch.save(ckpt, tmp_path / "refined.pt")
-    _, home = build_state(View(ckpt=tmp_path / "refined.pt", device="cpu", backend="torch"))
+    state, home = build_state(View(ckpt=tmp_path / "refined.pt", device="cpu", backend="torch"))
     with torch.no_grad():
         want_bones, want_roots = bones_from_skts(refined()[1])
     torch.testing.assert_close(home.sequence.bones, want_bones, atol=1e-4, rtol=0)
     torch.testing.assert_close(home.sequence.roots, want_roots, atol=1e-5, rtol=0)
-    estimated_bones, _ = bones_from_skts(arrays["skts"])
+    estimated_bones, estimated_roots = bones_from_skts(arrays["skts"])
     assert float((home.sequence.bones - estimated_bones).abs().max()) > 0.02  # not the data's estimates
+    # ... which are there too, to compare, as "estimated poses" (only for a run that refined its poses).
+    estimates = state.sequences["estimated poses"]
+    torch.testing.assert_close(estimates.bones, estimated_bones)
+    torch.testing.assert_close(estimates.roots, estimated_roots)
+    assert torch.equal(estimates.code_ids, home.sequence.code_ids)
+    ckpt["poses"] = None  # a run that trained on its data's poses
+    torch.save(ckpt, tmp_path / "unrefined.pt")
+    plain_state, plain_home = build_state(View(ckpt=tmp_path / "unrefined.pt", device="cpu", backend="torch"))
+    assert "estimated poses" not in plain_state.sequences
+    torch.testing.assert_close(plain_home.sequence.bones, estimated_bones)
