@@ -1,0 +1,59 @@
+"""Image metrics of `fast-anerf eval` against plain per-pixel definitions."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fast_anerf.evaluate import psnr, ssim, ssim_map
+
+
+def _ssim_reference(x: np.ndarray, y: np.ndarray, window: int = 11, sigma: float = 1.5) -> np.ndarray:
+    """SSIM per pixel, one window at a time (Wang et al. 2004): Gaussian-weighted means, variances and covariance
+    over the window centred on the pixel, the image extended by repeating its edge pixels; mean over channels."""
+    h, w, _ = x.shape
+    r = window // 2
+    g = np.exp(-((np.arange(window) - r) ** 2) / (2 * sigma**2))
+    weights = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = 0.01**2, 0.03**2
+    out = np.zeros((h, w))
+    for i in range(h):
+        for j in range(w):
+            rows = np.clip(np.arange(i - r, i + r + 1), 0, h - 1)
+            cols = np.clip(np.arange(j - r, j + r + 1), 0, w - 1)
+            values = []
+            for c in range(3):
+                a, b = x[np.ix_(rows, cols, [c])][..., 0], y[np.ix_(rows, cols, [c])][..., 0]
+                mu_a, mu_b = (weights * a).sum(), (weights * b).sum()
+                var_a = (weights * (a - mu_a) ** 2).sum()
+                var_b = (weights * (b - mu_b) ** 2).sum()
+                cov = (weights * (a - mu_a) * (b - mu_b)).sum()
+                values.append(
+                    ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+                )
+            out[i, j] = np.mean(values)
+    return out
+
+
+def test_ssim_equals_the_per_window_definition():
+    rng = np.random.default_rng(0)
+    x = rng.random((13, 17, 3))
+    y = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1)
+    ours = ssim_map(torch.as_tensor(x), torch.as_tensor(y)).numpy()
+    np.testing.assert_allclose(ours, _ssim_reference(x, y), atol=1e-9)
+    assert ssim(torch.as_tensor(x), torch.as_tensor(x)) == 1.0
+    mask = torch.zeros(13, 17, dtype=torch.bool)
+    mask[3:7, 5:9] = True
+    assert ssim(torch.as_tensor(x), torch.as_tensor(y), mask) == pytest.approx(float(ours[3:7, 5:9].mean()), abs=1e-12)
+
+
+def test_psnr_whole_and_masked():
+    target = torch.zeros(4, 5, 3)
+    pred = torch.zeros(4, 5, 3)
+    pred[0, 0] = 0.1  # one pixel off by 0.1 in every channel
+    assert psnr(pred, target) == pytest.approx(-10 * math.log10(0.01 / 20), abs=1e-5)
+    mask = torch.zeros(4, 5, dtype=torch.bool)
+    mask[0, :2] = True
+    assert psnr(pred, target, mask) == pytest.approx(-10 * math.log10(0.01 / 2), abs=1e-5)
+    assert psnr(target, target) == 100.0  # the MSE floor (1e-10): identical images give 100 dB, not inf
