@@ -57,3 +57,22 @@ def test_psnr_whole_and_masked():
     mask[0, :2] = True
     assert psnr(pred, target, mask) == pytest.approx(-10 * math.log10(0.01 / 2), abs=1e-5)
     assert psnr(target, target) == 100.0  # the MSE floor (1e-10): identical images give 100 dB, not inf
+
+
+def test_cylinder_box_holds_the_body_and_little_else(tiny_data):
+    """A-NeRF's --eval region: every ground-truth body pixel of the held-out frames lies inside the projected
+    cylinder's box, and the box leaves most of the background out."""
+    from fast_anerf.data.split import load_split
+    from fast_anerf.evaluate import cylinder_box
+
+    split = load_split(tiny_data / "test_view.h5")
+    areas = []
+    for i in range(split.n_images):
+        rows, cols = cylinder_box(split.kp3d[split.pose_idxs[i]], split.c2ws[i], float(split.focals[i]),
+                                  tuple(split.centers[i].tolist()), split.height, split.width, 0.25)  # fmt: skip
+        inside = torch.zeros(split.height, split.width, dtype=torch.bool)
+        inside[rows, cols] = True
+        mask = split.masks[i]
+        assert mask.any() and not (mask & ~inside).any(), i
+        areas.append(float(inside.float().mean()))
+    assert sum(areas) / len(areas) < 0.7 and min(areas) < 0.5, areas  # wide only for arms-out poses
