@@ -355,3 +355,19 @@ def test_fill_from_neighbours_grows_the_known_colours_inwards():
     image[0, 0], image[4, 6] = 0.0, 100.0
     filled = fill_from_neighbours(image, known)[..., 0]
     assert filled[0, 1] == 0.0 and filled[4, 5] == 100.0 and 0.0 < filled[2, 3] < 100.0  # nearest colour wins
+
+
+def test_a_damaged_frame_is_named_in_one_line(spin_case, capsys):
+    import shutil
+
+    root = spin_case["root"]
+    shutil.copytree(root / "frames", root / "frames_damaged")
+    damaged = root / "frames_damaged" / "frame_8.png"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    args = ["data", "from-spin", str(root / "spin.npz"), "--images", str(root / "frames_damaged"), "--masks",
+            str(root / "masks"), "--out", str(root / "damaged.h5")]  # fmt: skip
+    capsys.readouterr()
+    assert entrypoint(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(damaged) in err and "replace the damaged file" in err
+    assert not (root / "damaged.h5").exists()

@@ -351,7 +351,9 @@ def read_frames(path: Path, what: str, ids: np.ndarray | None, n: int) -> tuple[
         try:
             out.append(read(int(i)))
         except (OSError, ValueError, RuntimeError) as e:
-            raise DataError(f"{names[i]}: cannot read ({str(e).splitlines()[0] if str(e) else e!r})") from None
+            why = str(e).splitlines()[0] if str(e) else repr(e)
+            raise DataError(f"{names[i]}: cannot read this {what[:-1]} ({why}) — replace the damaged file or remove "
+                            "it (and its row, or set frame_ids)") from None  # fmt: skip
     return out, [names[i] for i in ids]
 
 
