@@ -122,3 +122,17 @@ def test_checkpoints_from_before_the_blend_mask_keep_rendering_without_it():
     assert RunConfig.from_checkpoint(old).train.occ_blend_mask is False
     assert RunConfig.from_checkpoint(RunConfig().to_dict()).train.occ_blend_mask is True
     assert RunConfig.from_dict(old).train.occ_blend_mask is True  # presets and new runs: on
+
+
+def test_trunc_exp_value_and_clamped_gradient():
+    """exp(x) forward (clamped at 15); its backward is exp(clamp(x, -15, 15)): the true gradient inside, bounded
+    outside, so huge raw densities cannot blow up a step."""
+    from fast_anerf.field import trunc_exp
+
+    x = torch.linspace(-5.0, 5.0, 41, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(trunc_exp, (x,))
+    big = torch.tensor([14.0, 20.0, 100.0, -30.0], dtype=torch.float64, requires_grad=True)
+    y = trunc_exp(big)
+    (grad,) = torch.autograd.grad(y.sum(), big)
+    torch.testing.assert_close(y.detach(), torch.exp(torch.tensor([14.0, 15.0, 15.0, -30.0], dtype=torch.float64)))
+    torch.testing.assert_close(grad, torch.exp(torch.tensor([14.0, 15.0, 15.0, -15.0], dtype=torch.float64)))

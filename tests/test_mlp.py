@@ -140,3 +140,25 @@ def test_tcnn_matches_torch():
     (gp,) = torch.autograd.grad(y, [mlp.params], g)
     (gp_t,) = torch.autograd.grad(y_t, [mlp_t.params], g)
     torch.testing.assert_close(gp, gp_t, rtol=1e-2, atol=1e-2)
+
+
+def test_every_activation_equals_tinycudanns_formula():
+    """Each tcnn activation name against its formula written out here (specs/tcnn_nerfacc.md §B; K = 10), not
+    against the module's own table, on values across [-4, 4]."""
+    from fast_anerf.encoding.mlp import ACTIVATIONS
+
+    x = torch.linspace(-4.0, 4.0, 161, dtype=torch.float64)
+    expected = {
+        "None": x,
+        "ReLU": torch.where(x > 0, x, torch.zeros_like(x)),
+        "LeakyReLU": torch.where(x > 0, x, 0.01 * x),
+        "Exponential": math.e**x,
+        "Sigmoid": 1.0 / (1.0 + math.e ** (-x)),
+        "Softplus": (math.e ** (10.0 * x) + 1.0).log() / 10.0,
+        "Squareplus": 0.5 * (10.0 * x + ((10.0 * x) ** 2 + 4.0).sqrt()) / 10.0,
+        "Tanh": (math.e ** (2 * x) - 1.0) / (math.e ** (2 * x) + 1.0),
+        "SiLU": x / (1.0 + math.e ** (-x)),
+    }
+    assert set(ACTIVATIONS) == set(expected)
+    for name, want in expected.items():
+        torch.testing.assert_close(ACTIVATIONS[name](x), want, rtol=1e-9, atol=1e-9, msg=name)

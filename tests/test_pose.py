@@ -89,6 +89,22 @@ def test_pa_mpjpe_is_invariant_to_a_similarity_transform():
     assert b["mpjpe"].mean() > 2 * a["mpjpe"].mean()  # MPJPE is not invariant
     metrics = pose_metrics(pred, gt, ext_scale=0.001)
     assert metrics["mpjpe_mm"] == pytest.approx(metrics["mpjpe"] * 1000)
+    # Values, not only invariance: a similarity of the truth has PA error 0, and the PA error is the residual of
+    # the best similarity, so no larger than the root-aligned error (a similarity with scale 1 and R = I).
+    assert float(per_joint_errors(1.7 * gt @ rot.T + 0.3, gt)["pa_mpjpe"].max()) < 1e-6
+    assert (a["pa_mpjpe"].pow(2).mean(-1) <= a["mpjpe"].pow(2).mean(-1) + 1e-12).all()
+    assert float(a["pa_mpjpe"].mean()) > 0.01  # and it is not 0 for a noisy prediction
+
+
+def test_pa_mpjpe_of_a_hand_computed_case():
+    """The truth scaled by 2 and shifted by 3 along z: the best similarity maps it back exactly (scale 1/2), so
+    PA = 0; root-aligned errors are 0, 2 and sqrt(2); absolute ones sqrt(1 + 9) for every joint."""
+    gt = torch.tensor([[[-1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    pred = 2.0 * gt + torch.tensor([0.0, 0.0, 3.0])
+    errors = per_joint_errors(pred, gt)
+    assert float(errors["pa_mpjpe"].abs().max()) < 1e-6
+    torch.testing.assert_close(errors["mpjpe"][0], torch.tensor([0.0, 2.0, (1 + 1) ** 0.5], dtype=torch.float64))
+    torch.testing.assert_close(errors["abs_mpjpe"][0], torch.tensor([10.0, 10.0, 10.0], dtype=torch.float64).sqrt())
 
 
 def test_export_keeps_true_poses_and_refinement_round_trips(tmp_path, tiny_data):

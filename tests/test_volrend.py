@@ -56,3 +56,28 @@ def test_packed_compositing_equals_dense_outputs_and_gradients():
     torch.testing.assert_close(sigmas_p.grad, sigmas_d.grad, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(rgbs_p.grad, rgbs_d.grad, atol=1e-5, rtol=1e-5)
     assert color[2].abs().sum() == 0  # the empty ray stays empty
+
+
+def test_render_outputs_blend_the_background_by_the_remaining_transmittance():
+    """``renderer._composite`` (what render_rays returns) against the per-ray textbook loop: colour over the
+    background weighted by 1 - opacity, opacity, and depth as the weight-averaged interval midpoint."""
+    from fast_anerf.renderer import _composite
+
+    ray_indices, t_starts, t_ends, sigmas, counts = _random_packed(n_rays=9, seed=3)
+    n_rays = counts.numel()
+    g = torch.Generator().manual_seed(4)
+    scale = torch.rand(n_rays, generator=g) + 0.5
+    rgbs = torch.rand(sigmas.numel(), 3, generator=g)
+    background = torch.rand(n_rays, 3, generator=g)
+    out = _composite(sigmas, rgbs, t_starts, t_ends, ray_indices, scale, background, 0, 0)
+    for r in range(n_rays):
+        trans, colour, acc, depth = 1.0, torch.zeros(3), 0.0, 0.0
+        for i in (ray_indices == r).nonzero().squeeze(-1).tolist():
+            alpha = 1 - torch.exp(-sigmas[i] * (t_ends[i] - t_starts[i]) * scale[r])
+            colour, acc = colour + trans * alpha * rgbs[i], acc + trans * alpha
+            depth, trans = depth + trans * alpha * 0.5 * (t_starts[i] + t_ends[i]), trans * (1 - alpha)
+        torch.testing.assert_close(out["rgb"][r], colour + (1 - acc) * background[r], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out["acc"][r], torch.as_tensor(acc, dtype=torch.float32), atol=1e-5, rtol=1e-5)
+        if acc > 1e-3:
+            torch.testing.assert_close(out["depth"][r], torch.as_tensor(depth / acc).float(), atol=1e-4, rtol=1e-4)
+    assert 0.05 < float(out["acc"].mean()) < 0.95  # partly opaque rays: the background blend matters
