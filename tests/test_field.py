@@ -1,5 +1,7 @@
 """The fast field and the renderer: support inside the bone boxes, rigid invariance, gradients."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -136,3 +138,23 @@ def test_trunc_exp_value_and_clamped_gradient():
     (grad,) = torch.autograd.grad(y.sum(), big)
     torch.testing.assert_close(y.detach(), torch.exp(torch.tensor([14.0, 15.0, 15.0, -30.0], dtype=torch.float64)))
     torch.testing.assert_close(grad, torch.exp(torch.tensor([14.0, 15.0, 15.0, -15.0], dtype=torch.float64)))
+
+
+def test_spherical_harmonics_are_orthonormal_on_the_sphere():
+    """The 16 real SH functions of degree 4 integrate to the identity Gram matrix over the sphere (Fibonacci
+    lattice, 40k points): a wrong constant or variable in any term breaks it. Degree 1 is the constant
+    1 / (2 sqrt(pi)); lower degrees are prefixes of higher ones."""
+    from fast_anerf.encoding.spherical_harmonics import spherical_harmonics
+
+    n = 40000
+    k = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1.0 - 2.0 * k / n
+    phi = math.pi * (1.0 + 5.0**0.5) * k
+    r = (1.0 - z * z).sqrt()
+    d = torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], dim=-1)
+    basis = spherical_harmonics(d, 4)  # [n, 16]
+    gram = 4.0 * math.pi * basis.T @ basis / n
+    torch.testing.assert_close(gram, torch.eye(16, dtype=torch.float64), atol=2e-3, rtol=0)
+    assert float(basis[0, 0]) == pytest.approx(0.5 / math.sqrt(math.pi))
+    for degree in (1, 2, 3):
+        torch.testing.assert_close(spherical_harmonics(d[:10], degree), basis[:10, : degree**2])
