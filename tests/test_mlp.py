@@ -137,9 +137,11 @@ def test_tcnn_matches_torch():
     # tcnn rounds inputs and weights to fp16 and accumulates in fp16: ~1e-3 of the output's scale (up to ~2 here).
     torch.testing.assert_close(y, y_t, rtol=2e-3, atol=5e-3)
     g = torch.randn_like(y)
-    (gp,) = torch.autograd.grad(y, [mlp.params], g)
-    (gp_t,) = torch.autograd.grad(y_t, [mlp_t.params], g)
+    gp, gx = torch.autograd.grad(y, [mlp.params, x], g)
+    gp_t, gx_t = torch.autograd.grad(y_t, [mlp_t.params, x], g)
     torch.testing.assert_close(gp, gp_t, rtol=1e-2, atol=1e-2)
+    # The input gradient too: training reaches the hash grid (and the poses) through it.
+    torch.testing.assert_close(gx, gx_t, rtol=1e-2, atol=1e-2)
 
 
 def test_every_activation_equals_tinycudanns_formula():
