@@ -326,3 +326,20 @@ def test_pose_table_has_no_percent_change_from_a_zero_error():
     rows = format_pose_table(errors(0.0), errors(6.9)).splitlines()
     assert rows[1].split()[-1] == "n/a" and "%" not in "".join(rows[1:4])
     assert format_pose_table(errors(10.0), errors(6.9)).splitlines()[1].endswith("-31.0%")
+
+
+def test_refinement_removes_a_third_of_the_pose_error_of_the_builtin_character(tmp_path):
+    """The main job, shortened: 600 steps of `fast-anerf train` on the built-in character (SPIN-like noisy poses,
+    generated on first use) take MPJPE from 32.3 mm down by more than a quarter (measured -37.0 %; the full 4000
+    steps give ~-54 %). On the tiny 8-frame data set refinement has too little to go on (it makes poses worse),
+    so this is the test that refinement refines. ~40 s."""
+    from fast_anerf.cli import Train
+    from fast_anerf.train import Trainer
+
+    trainer = Trainer(Train(out=tmp_path / "run", steps=600, eval_every=0, device="cpu"))
+    trainer.eval_splits = {}  # poses only: no held-out rendering
+    summary = trainer.run()
+    before, after = summary["poses"]["before"], summary["poses"]["after"]
+    assert before["mpjpe_mm"] == pytest.approx(32.3, abs=0.1)
+    assert after["mpjpe_mm"] < 0.75 * before["mpjpe_mm"], (before["mpjpe_mm"], after["mpjpe_mm"])
+    assert after["pa_mpjpe_mm"] < 0.8 * before["pa_mpjpe_mm"]
