@@ -269,6 +269,13 @@ def test_correction_morphs_the_estimate_into_the_refined_pose(tiny_model, tiny_d
     refined_ckpt = tmp_path / "refined.pt"
     torch.save(ckpt, refined_ckpt)
 
+    # Refined poses of other data (8 rows) than --data (test_pose.h5): said in one line, not "no refined poses".
+    capsys.readouterr()
+    other = tiny_data / "test_pose.h5"
+    assert _render(refined_ckpt, tmp_path / "other", "--type", "correction", "--data", str(other)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "refined poses do not match" in err and "test_pose.h5" in err
+
     assert _render(refined_ckpt, tmp_path / "corr", "--type", "correction", "--frames", "5", "--n-steps", "2") == 0
     frames = _frames(tmp_path / "corr")
     assert len(frames) == 3 and frames[0].shape == (48, 96, 3)  # render | photo with skeletons
