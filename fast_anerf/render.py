@@ -321,7 +321,9 @@ def plan_correction(scene: Scene, args) -> list[View]:
     estimated = torch.as_tensor(scene.data.arrays["skts"], dtype=torch.float32)
     rest = scene.model.rest_pose.cpu()
     if not args.frames:
-        moved = (skts_to_joints(rest, estimated) - skts_to_joints(rest, scene.skts)).norm(dim=-1).mean(dim=-1)
+        # A joint's world position is the translation of its local-to-world transform (the inverse of its skt).
+        joints_est, joints_ref = (rigid_inverse(s)[..., :3, 3] for s in (estimated, scene.skts))
+        moved = (joints_est - joints_ref).norm(dim=-1).mean(dim=-1)
         per_image = moved[torch.as_tensor(scene.data.pose_idxs, dtype=torch.long)]  # [n_images]
         # The most-moved image of each third of the sequence (pose errors are smooth in time: neighbours of the
         # overall maximum would show the same correction three times).
@@ -345,12 +347,6 @@ def plan_correction(scene: Scene, args) -> list[View]:
             views.append(View(base.c2w, base.focal, base.center, skts, base.code_id, base.background,
                               panel=panel, caption=caption))  # fmt: skip
     return views
-
-
-def skts_to_joints(rest_pose: torch.Tensor, skts: torch.Tensor) -> torch.Tensor:
-    """World joint positions ``[..., 24, 3]`` of poses ``skts [..., 24, 4, 4]`` on the rest skeleton ``[24, 3]``."""
-    rotations, roots = skts_to_pose(skts)
-    return forward_kinematics(rest_pose.to(rotations), rotations, roots)[0]
 
 
 def held_out_path(scene: Scene, source: Path | None) -> Path:

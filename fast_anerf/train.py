@@ -465,8 +465,4 @@ class Trainer:
         print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
 
 
-def run_training(args) -> dict:
-    return Trainer(args).run()
-
-
-__all__ = ["Trainer", "run_training", "pick_device", "load_character"]
+__all__ = ["Trainer", "pick_device", "load_character"]
