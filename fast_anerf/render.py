@@ -169,22 +169,30 @@ def orbit_cameras(c2w: torch.Tensor, pivot: torch.Tensor, n_views: int) -> torch
     return torch.stack(out)
 
 
-def trained_skts(ckpt: dict, data, model, use_refined: bool = True) -> tuple[torch.Tensor, str]:
-    """Pose rows ``skts [P, 24, 4, 4]`` the model was trained on, and where they come from: the refined poses
-    stored in the checkpoint, else the file's ``gt_skts`` for ``--gt-poses`` runs, else its ``skts``."""
+def trained_skts(ckpt: dict, data, model, use_refined: bool = True) -> tuple[torch.Tensor, str, str]:
+    """Pose rows ``skts [P, 24, 4, 4]`` the model was trained on, where they come from, and why the checkpoint's
+    refined poses were not used ('' when they were, or when there are none).
+
+    The refined poses stored in the checkpoint when they match ``data``'s pose rows; else the file's ``gt_skts``
+    for ``--gt-poses`` runs, else its ``skts`` (refined poses with another row count belong to other data).
+    """
     state = ckpt.get("poses")
+    mismatch = ""
     if use_refined and isinstance(state, dict) and "poses" in state:
         from fast_anerf.pose import RefinablePoses
 
         sd = state["poses"]
         n = sd["root"].shape[0]
-        poses = RefinablePoses(torch.zeros(n, N_JOINTS, 3), torch.zeros(n, 3), model.rest_pose.cpu(), sd["time_ids"])
-        poses.load_state_dict(sd)
-        with torch.no_grad():
-            return poses()[1].float(), REFINED_NOTE
+        if n == data.n_poses:
+            zeros = torch.zeros(n, N_JOINTS, 3)
+            poses = RefinablePoses(zeros, zeros[:, 0], model.rest_pose.cpu(), sd["time_ids"])
+            poses.load_state_dict(sd)
+            with torch.no_grad():
+                return poses()[1].float(), REFINED_NOTE, ""
+        mismatch = f"its {n} refined poses do not match the {data.n_poses} of {data.path}"
     if model.config.train.gt_poses and "gt_skts" in data.arrays:
-        return torch.as_tensor(data.arrays["gt_skts"], dtype=torch.float32), "true poses (gt_skts)"
-    return torch.as_tensor(data.arrays["skts"], dtype=torch.float32), "the data's poses (skts)"
+        return torch.as_tensor(data.arrays["gt_skts"], dtype=torch.float32), "true poses (gt_skts)", mismatch
+    return torch.as_tensor(data.arrays["skts"], dtype=torch.float32), "the data's poses (skts)", mismatch
 
 
 class Scene:
@@ -207,11 +215,7 @@ class Scene:
         if path is None or not path.is_file():
             raise UserError(f"{args.ckpt}: its training data '{path}' is not there; pass the .h5 with --data")
         self.data = open_anerf_h5(path)
-        self.skts, self.pose_note = trained_skts(self.ckpt, self.data, self.model, args.refined)
-        self.mismatch = ""  # why the checkpoint's refined poses were not used, when they exist
-        if self.skts.shape[0] != self.data.n_poses:
-            self.mismatch = f"its {self.skts.shape[0]} refined poses do not match the {self.data.n_poses} of {path}"
-            self.skts, self.pose_note = torch.as_tensor(self.data.arrays["skts"]).float(), "the data's poses (skts)"
+        self.skts, self.pose_note, self.mismatch = trained_skts(self.ckpt, self.data, self.model, args.refined)
         self.refined = self.pose_note == REFINED_NOTE
         self.height, self.width = args.res if args.res is not None else (self.data.height, self.data.width)
         self.settings = RenderSettings.from_train(self.model.config.train, training=False)

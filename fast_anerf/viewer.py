@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fast_anerf.data.anerf_h5 import open_anerf_h5
 from fast_anerf.data.rays import project_points
 from fast_anerf.errors import DataError, UserError
 from fast_anerf.media import draw_skeleton
@@ -161,25 +160,20 @@ class TrainingView:
     aspect: float  # width / height
 
 
-def load_training_view(path: Path, gt_poses: bool, skts: torch.Tensor | None = None) -> TrainingView:
-    """Poses (one row per pose; appearance code = the first image showing it) and camera 0 of an A-NeRF .h5,
-    without loading its images. ``skts [P, 24, 4, 4]``: the poses to show instead of the file's (the refined
-    poses of a checkpoint); otherwise ``gt_skts`` when ``gt_poses``, else ``skts``."""
-    with open_anerf_h5(path) as data:
-        arrays = data.arrays
-        if skts is None:
-            key = "gt_skts" if gt_poses and "gt_skts" in arrays else "skts"
-            skts = torch.as_tensor(np.asarray(arrays[key]), dtype=torch.float32)
-        pose_idxs = np.asarray(data.pose_idxs)
-        code_ids = np.full(skts.shape[0], -1, np.int64)
-        for image in range(len(pose_idxs) - 1, -1, -1):  # backwards: the first image wins
-            code_ids[pose_idxs[image]] = image
-        focal = float(np.asarray(arrays["focals"]).reshape(-1)[0])
-        c2w = np.asarray(arrays["c2ws"], np.float64).reshape(-1, 4, 4)[0]
-        height, width = data.height, data.width
+def load_training_view(data, skts: torch.Tensor) -> TrainingView:
+    """Poses ``skts [P, 24, 4, 4]`` (one row per pose of the open A-NeRF file ``data``; appearance code = the
+    first image showing it) and the file's camera 0, without loading its images."""
+    arrays = data.arrays
+    pose_idxs = np.asarray(data.pose_idxs)
+    code_ids = np.full(skts.shape[0], -1, np.int64)
+    for image in range(len(pose_idxs) - 1, -1, -1):  # backwards: the first image wins
+        code_ids[pose_idxs[image]] = image
+    focal = float(np.asarray(arrays["focals"]).reshape(-1)[0])
+    c2w = np.asarray(arrays["c2ws"], np.float64).reshape(-1, 4, 4)[0]
     bones, roots = bones_from_skts(skts)
     sequence = PoseSequence(TRAINING, bones, roots, torch.as_tensor(code_ids))
-    return TrainingView(Path(path), sequence, c2w, 2 * float(np.arctan(height / (2 * focal))), width / height)
+    fov_y = 2 * float(np.arctan(data.height / (2 * focal)))
+    return TrainingView(Path(data.path), sequence, c2w, fov_y, data.width / data.height)
 
 
 def load_motion_file(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -396,13 +396,12 @@ def build_state(args) -> tuple[ViewerState, TrainingView | None]:
     if data is not None and Path(data).exists():
         train_h5, _ = resolve_data(Path(data))
         with open_anerf_h5(train_h5) as opened:  # the poses the model was trained on: refined ones if any
-            skts, note = trained_skts(ckpt, opened, model)
-            skts = skts if skts.shape[0] == opened.n_poses else None
-        home = load_training_view(train_h5, gt_poses=model.config.train.gt_poses, skts=skts)
-        log.info("training poses: %s", note if skts is not None else "the data's (refined poses do not match it)")
-        if skts is not None and note == REFINED_NOTE:  # the estimates too, to compare what refinement changed
-            estimates = load_training_view(train_h5, gt_poses=False).sequence
-            extra.append(replace(estimates, name=ESTIMATED))
+            skts, note, mismatch = trained_skts(ckpt, opened, model)
+            home = load_training_view(opened, skts)
+            if note == REFINED_NOTE:  # the estimates too, to compare what refinement changed
+                estimates = torch.as_tensor(opened.arrays["skts"], dtype=torch.float32)
+                extra.append(replace(load_training_view(opened, estimates).sequence, name=ESTIMATED))
+        log.info("training poses: %s%s", note, f" ({mismatch})" if mismatch else "")
     elif args.data is not None:
         raise UserError(f"--data {args.data}: no such file or folder; pass the training .h5 or its folder")
     else:

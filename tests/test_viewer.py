@@ -141,6 +141,19 @@ def test_draw_skeleton_marks_bones():
     draw_skeleton(image, uv, -np.ones(24))  # joints behind the camera: nothing, no error
 
 
+def test_draw_segment_width_clipping_and_bad_ends():
+    from fast_anerf.media import draw_segment
+
+    image = np.zeros((20, 20, 3), np.uint8)
+    draw_segment(image, np.array([-5.0, 10.0]), np.array([30.0, 10.0]), (0, 255, 0), width=3)
+    drawn = image[..., 1] == 255
+    assert drawn[9:12].all() and drawn.sum() == 3 * 20  # rows 9-11 across the whole image, clipped
+    before = image.copy()
+    draw_segment(image, np.array([0.0, np.nan]), np.array([5.0, 5.0]), (255, 0, 0))
+    draw_segment(image, np.array([0.0, 0.0]), np.array([1e7, 0.0]), (255, 0, 0))  # far off screen: skipped
+    assert np.array_equal(image, before)
+
+
 def test_state_validates_page_values(viewer):
     state, _ = viewer
     version = state.version

@@ -20,6 +20,7 @@ import torch
 from fast_anerf.data.anerf_h5 import open_anerf_h5
 from fast_anerf.data.rays import project_points
 from fast_anerf.errors import writing
+from fast_anerf.media import draw_segment
 from fast_anerf.skeleton import SMPL_JOINT_NAMES, SMPL_PARENTS, bone_lengths
 
 JOINT_COLOUR = (255, 0, 0)
@@ -52,20 +53,6 @@ def _mpjpe_lines(arrays: dict[str, np.ndarray], pose_idxs: np.ndarray) -> list[s
     return [line]
 
 
-def _line(img: np.ndarray, p0: np.ndarray, p1: np.ndarray, colour: tuple[int, int, int], width: int) -> None:
-    """Draw a segment between float pixel positions (x, y) into ``img [H, W, 3]``, clipped to the image."""
-    n = int(max(abs(p1[0] - p0[0]), abs(p1[1] - p0[1]))) + 1
-    if not np.isfinite([*p0, *p1]).all() or n > 10 * max(img.shape):
-        return
-    pts = p0[None] + np.linspace(0, 1, n)[:, None] * (p1 - p0)[None]
-    for dx in range(-(width // 2), width - width // 2):
-        for dy in range(-(width // 2), width - width // 2):
-            x = np.round(pts[:, 0]).astype(np.int64) + dx
-            y = np.round(pts[:, 1]).astype(np.int64) + dy
-            ok = (x >= 0) & (x < img.shape[1]) & (y >= 0) & (y < img.shape[0])
-            img[y[ok], x[ok]] = colour
-
-
 def _outline(mask: np.ndarray) -> np.ndarray:
     """Mask pixels with a 4-neighbour outside the mask, bool ``[H, W]``."""
     pad = np.pad(mask, 1)
@@ -90,7 +77,7 @@ def _tile(data, i: int, scale: int) -> np.ndarray:
             continue
         name = SMPL_JOINT_NAMES[j]
         colour = LEFT_COLOUR if "left" in name else RIGHT_COLOUR if "right" in name else CENTRE_COLOUR
-        _line(img, xy[p], xy[j], colour, width)
+        draw_segment(img, xy[p], xy[j], colour, width)
     r = max(1, scale)  # dot radius: a (2r+1)^2 square
     for j in np.flatnonzero(visible):
         x, y = np.round(xy[j]).astype(np.int64)
