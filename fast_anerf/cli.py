@@ -34,8 +34,9 @@ class Train:
     eval_data: Path | None = None
     """Held-out data evaluated during and after training: a folder with test_view.h5 / test_pose.h5, or one .h5.
     Default: the --data folder (none when --data is one .h5 file); a resumed run keeps its own."""
-    preset: str = "demo"
-    """Config preset: a name from configs/ (demo, gpu, anerf, surreal, mixamo, h36m, perfcap) or a .toml path."""
+    preset: str | None = None
+    """Config preset: a name from configs/ (demo, gpu, anerf, surreal, mixamo, h36m, perfcap) or a .toml path.
+    Default: demo; a resumed run keeps its own config."""
     field: Literal["fast", "anerf"] | None = None
     """Field type; overrides the preset. 'anerf' is the original A-NeRF model (our baseline)."""
     steps: int | None = None
@@ -43,7 +44,9 @@ class Train:
     max_minutes: float | None = None
     """Stop after this many minutes of training (a checkpoint and the evaluation are still written)."""
     resume: bool = False
-    """Continue from OUT/checkpoint.pt (same config); the result equals an uninterrupted run."""
+    """Continue from OUT/checkpoint.pt with its config; the result equals an uninterrupted run. --steps,
+    --max-minutes, --eval-every and the pose schedule flags may change; --preset, --field, --seed, --gt-poses,
+    --multiview and switching pose refinement off may not (they would train another model)."""
     backend: Backend = "auto"
     """Encoding/MLP backend: 'tcnn' (tiny-cuda-nn, CUDA), 'cpu' (fused C hash-grid kernels, built with the
     system C compiler on first use), 'torch' (plain PyTorch, everywhere) or 'auto': the fastest available."""

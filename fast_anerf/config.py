@@ -126,13 +126,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Values no run can use fail here, as one line naming the key (not as a traceback mid-training)."""
-        positive = ("step_size", "rays_per_batch", "images_per_batch", "log_every", "chunk_rays", "eval_frames",
-                    "decay_steps", "occ_resolution")  # fmt: skip
+        positive = ("steps", "step_size", "rays_per_batch", "images_per_batch", "log_every", "chunk_rays",
+                    "eval_frames", "decay_steps", "occ_resolution")  # fmt: skip
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} = {getattr(self, name)!r} must be > 0")
         # 0 means "never" / "none" for these (e.g. occ_update_every = 0 keeps the grids as they are).
-        for name in ("steps", "max_minutes", "n_samples", "eval_every", "ckpt_every", "occ_update_every", "lr",
+        for name in ("max_minutes", "n_samples", "eval_every", "ckpt_every", "occ_update_every", "lr",
                      "lr_mlp", "pose_lr"):  # fmt: skip
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} = {getattr(self, name)!r} must be >= 0")

@@ -79,6 +79,24 @@ def wants_pose_refinement(cfg, split: Split) -> bool:
     return True
 
 
+def refuse_changed_settings(args, stored: RunConfig, ckpt_path: Path) -> None:
+    """A resumed run keeps what defines its model: refuse ``--preset``, ``--field``, ``--seed``, ``--gt-poses``
+    and ``--multiview`` when they differ from the checkpoint's config (``UserError`` naming the flag)."""
+    train = stored.train
+    requested = {  # flag: (value asked for, config key, the run's value)
+        "--preset": (Path(args.preset).stem if args.preset else None, "preset", stored.preset),
+        "--field": (args.field, "field", train.field),
+        "--seed": (args.seed, "seed", train.seed),
+        "--gt-poses": (True if args.gt_poses else None, "gt_poses", train.gt_poses),
+        "--multiview": (True if args.multiview else None, "multiview", train.multiview),
+    }
+    for flag, (wanted, key, kept) in requested.items():
+        if wanted is not None and wanted != kept:
+            asked = flag if wanted is True else f"{flag} {wanted}"
+            raise UserError(f"{ckpt_path}: {asked} would change the run being resumed (its {key} is {kept}); "
+                            "drop the flag, or start a new run in another --out")  # fmt: skip
+
+
 def build_optimizer(model: Character, cfg) -> torch.optim.Adam:
     """Adam with groups: hash grids (lr), MLPs (lr_mlp, small weight decay), appearance codes (lr_framecode)."""
     groups: dict[str, list] = {"grid": [], "mlp": [], "codes": []}
@@ -127,19 +145,20 @@ class Trainer:
                                       "first checkpoint); start it again without --resume")  # fmt: skip
             resume_state = read_checkpoint(self.ckpt_path)
             config = RunConfig.from_checkpoint(resume_state["config"], source=str(self.ckpt_path))
+            refuse_changed_settings(args, config, self.ckpt_path)
             stored = resume_state.get("data")
             data_arg = args.data if args.data is not None or not stored else Path(stored)
         else:
             if self.ckpt_path.exists():
                 raise UserError(f"{self.ckpt_path} exists; pass --resume to continue it or choose another --out")
-            config = load_preset(args.preset)
+            config = load_preset(args.preset or "demo")
             data_arg = args.data
         config = with_overrides(
             config,
-            field=args.field if not args.resume else None,
+            field=args.field,
             steps=args.steps,
             max_minutes=args.max_minutes,
-            seed=args.seed if not args.resume else None,
+            seed=args.seed,
             eval_every=args.eval_every,
             gt_poses=True if args.gt_poses else None,
             refine_poses=args.refine_poses,
@@ -179,11 +198,18 @@ class Trainer:
             raise UserError("--gt-poses trains on the file's true poses, --refine-poses on refines its estimated ones; "
                             "drop one of the two flags")  # fmt: skip
         self.refiner = self._make_refiner() if wants_pose_refinement(cfg, self.split) else None
+        if resume_state is not None and resume_state.get("poses") is not None and self.refiner is None:
+            raise UserError(f"{self.ckpt_path}: the run refines its poses; resuming without refinement would drop "
+                            "them. Drop --refine-poses off, or train a new model on them in another --out: "
+                            f"--data {self.out / 'refined_poses.h5'} --refine-poses off")  # fmt: skip
         self.step = 0
         self.elapsed = 0.0
         self.history: list[dict] = []
         if resume_state is not None:
             self._restore(resume_state)
+            if self.step >= cfg.steps:
+                raise UserError(f"{self.ckpt_path}: the run has done its {self.step} steps; pass --steps with more "
+                                "to train further (eval: fast-anerf eval --ckpt ...)")  # fmt: skip
             limit = cfg.max_minutes * 60.0
             if 0 < limit <= self.elapsed and self.step < cfg.steps:  # it would stop at once, having done nothing
                 raise UserError(f"{self.ckpt_path}: the run has used its time limit ({self.elapsed / 60:.1f} of "

@@ -107,7 +107,8 @@ def test_checkpoint_names_its_data_absolutely_and_eval_finds_the_runs_held_out_d
 @pytest.mark.parametrize(
     "argv, words",
     [
-        (["--steps", "-1"], ["steps = -1 must be >= 0", "--steps"]),
+        (["--steps", "-1"], ["steps = -1 must be > 0", "--steps"]),
+        (["--steps", "0"], ["steps = 0 must be > 0", "--steps"]),
         (["--gt-poses", "--refine-poses", "on"], ["--gt-poses", "drop one"]),
         (["--preset", "BAD_PRESET"], ["step_size = 0", "[train]", "bad.toml"]),
     ],
@@ -145,3 +146,31 @@ def test_resuming_a_run_that_used_its_time_limit_asks_for_more_minutes(tiny_data
     assert len(err.splitlines()) == 1 and "time limit" in err and "--max-minutes" in err
     assert entrypoint([*argv, "--max-minutes", "0"]) == 0
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["step"] == 60
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--field", "anerf"], ["--field anerf would change", "its field is fast"]),
+        (["--seed", "7"], ["--seed 7 would change", "its seed is 0"]),
+        (["--preset", "gpu"], ["--preset gpu would change", "its preset is demo"]),
+        (["--gt-poses"], ["--gt-poses would change", "its gt_poses is False"]),
+        (["--refine-poses", "off"], ["refines its poses", "would drop them", "refined_poses.h5 --refine-poses off"]),
+        (["--steps", "4"], ["has done its 4 steps", "--steps with more"]),
+    ],
+)
+def test_resume_refuses_flags_that_would_train_another_model(tiny_data, tmp_path, capsys, argv, words):
+    """A resumed run keeps its model: flags that would change it are one line naming the flag, and the
+    checkpoint (with its refined poses) is left as it was; flags that keep it (the same preset) are accepted."""
+    out = tmp_path / "run"
+    Trainer(_args(tiny_data, out, steps=4)).run()
+    saved = (out / "checkpoint.pt").read_bytes()
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["poses"] is not None  # the run refined its poses
+    base = ["train", "--out", str(out), "--resume", "--device", "cpu"]
+    assert entrypoint([*base, *(argv if "--steps" in argv else [*argv, "--steps", "6"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    for word in words:
+        assert word in err, err
+    assert (out / "checkpoint.pt").read_bytes() == saved
+    assert entrypoint([*base, "--steps", "6", "--preset", "demo", "--field", "fast", "--seed", "0"]) == 0
