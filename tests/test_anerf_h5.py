@@ -246,3 +246,10 @@ def test_failed_write_keeps_old_file_and_no_temp(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["train.h5"]
     with open_anerf_h5(path) as data:
         np.testing.assert_array_equal(data.image(0), old["imgs"][0])
+
+
+def test_c2ws_count_error_names_both_accepted_shapes(tmp_path):
+    d = anerf_style(n=N, n_poses=3)
+    d["c2ws"] = d["c2ws"][:4, :3]  # [R | t] rows, but 4 cameras for 6 images
+    with pytest.raises(DataError, match=rf"has shape \(4, 3, 4\) .* expected \({N}, 4, 4\) or \({N}, 3, 4\)"):
+        open_anerf_h5(raw_write(tmp_path / "c2ws.h5", d))

@@ -307,7 +307,8 @@ class AnerfData:
         rows = a.shape[0] if a.ndim == len(tail) + 1 else -1
         if a.ndim != len(tail) + 1 or a.shape[1:] != tail or (rows not in (n, 1) and rows * p != n):
             got = self.keys[key][0]
-            raise self._bad(key, f"has shape {got} but img_shape has {n} images; expected {(n, *tail)}")
+            also = f" or {(n, 3, 4)}" if key == "c2ws" else ""  # [R | t] rows are read too
+            raise self._bad(key, f"has shape {got} but img_shape has {n} images; expected {(n, *tail)}{also}")
         if rows == 1:
             a = np.repeat(a, n, axis=0)
         elif rows != n:
