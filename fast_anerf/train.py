@@ -207,9 +207,9 @@ class Trainer:
         self.history: list[dict] = []
         if resume_state is not None:
             self._restore(resume_state)
-            if self.step >= cfg.steps:
-                raise UserError(f"{self.ckpt_path}: the run has done its {self.step} steps; pass --steps with more "
-                                "to train further (eval: fast-anerf eval --ckpt ...)")  # fmt: skip
+            if self.step >= cfg.steps:  # not an error: a job script that always resumes must be rerunnable
+                print(f"{self.ckpt_path}: the run has done its {self.step} steps; evaluating only (pass --steps with "
+                      "more to train further)")  # fmt: skip
             limit = cfg.max_minutes * 60.0
             if 0 < limit <= self.elapsed and self.step < cfg.steps:  # it would stop at once, having done nothing
                 raise UserError(f"{self.ckpt_path}: the run has used its time limit ({self.elapsed / 60:.1f} of "

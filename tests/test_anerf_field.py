@@ -173,6 +173,19 @@ def test_gradients_density_and_ranges():
     (sigma.sum() + rgb.sum()).backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert f.frame_codes.weight.grad.abs().sum() > 0
+    # The gradients are the right ones: finite differences in float64 (samples off the joints), w.r.t. the
+    # positions (what pose refinement moves) and the appearance-code table.
+    f64 = _field().double()
+    f64.update_schedule(100_000)
+    x64, d64 = (t[1:3].double() for t in _random_inputs())
+    codes64 = torch.tensor([0, 2])
+    torch.autograd.gradcheck(lambda pos: f64(pos, d64, codes64), (x64.requires_grad_(True),), eps=1e-6, atol=1e-5)
+    table = f64.frame_codes.weight.detach().clone().requires_grad_(True)
+
+    def rgb_of_codes(weight):
+        return torch.func.functional_call(f64, {"frame_codes.weight": weight}, (x64.detach(), d64, codes64))[1]
+
+    torch.autograd.gradcheck(rgb_of_codes, (table,), eps=1e-6, atol=1e-5)
     # density() is forward()'s sigma without noise, and does not depend on the view.
     with torch.no_grad():
         torch.testing.assert_close(f.density(x), sigma)

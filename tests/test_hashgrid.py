@@ -196,9 +196,15 @@ def test_gradients_match_autograd_reference(save_corners):
 def test_param_grad_only_when_x_is_constant():
     grid = MultiBoneHashGrid(2, SMALL, backend="torch")
     x = torch.rand(50, 3)
-    grid(x, torch.randint(0, 2, (50,))).square().sum().backward()
-    assert grid.params.grad is not None and grid.params.grad.shape == grid.params.shape
+    bone_ids = torch.randint(0, 2, (50,))
+    with torch.no_grad():
+        grid.params.uniform_(-1, 1)  # non-zero features, so the squared loss has a non-zero gradient
+    grid(x, bone_ids).square().sum().backward()
     assert x.grad is None
+    params = grid.params.detach().clone().requires_grad_(True)
+    (reference,) = torch.autograd.grad(hashgrid_naive(x, bone_ids, params, SMALL).square().sum(), params)
+    torch.testing.assert_close(grid.params.grad, reference, rtol=1e-5, atol=1e-6)
+    assert float(reference.abs().max()) > 0.1
 
 
 def test_inplace_grad_accumulates_into_existing_grad():
@@ -206,6 +212,9 @@ def test_inplace_grad_accumulates_into_existing_grad():
     grid = MultiBoneHashGrid(3, SMALL, backend="torch", init_scale=1.0, inplace_grad=True)
     grid(x, bone_ids).sum().backward()  # no .grad yet: the normal path allocates it
     first = grid.params.grad.clone()
+    params = grid.params.detach().clone().requires_grad_(True)
+    (reference,) = torch.autograd.grad(hashgrid_naive(x, bone_ids, params, SMALL).sum(), params)
+    torch.testing.assert_close(first, reference, rtol=1e-5, atol=1e-6)  # the sum's gradient: interpolation weights
     buffer = grid.params.grad
     grid(x, bone_ids).sum().backward()  # .grad exists: added in place, same tensor
     assert grid.params.grad is buffer

@@ -167,10 +167,29 @@ def test_gradients_flow_through_the_surviving_samples():
     _, skts = pose_skeleton(rest, torch.zeros(24, 3), rest[0])
     skts = skts.clone().requires_grad_(True)
     rays_o, rays_d = _rays(64)
-    out = render_rays(model, rays_o, rays_d, skts, torch.zeros(64, dtype=torch.long), torch.ones(3), RenderSettings())
-    out["rgb"].sum().backward()
-    assert torch.isfinite(skts.grad).all() and skts.grad.abs().sum() > 0
-    assert model.field.grid.params.grad.abs().sum() > 0
+    codes = torch.zeros(64, dtype=torch.long)
+
+    def gradients(settings: RenderSettings) -> list[torch.Tensor]:
+        model.zero_grad()
+        out = render_rays(model, rays_o, rays_d, skts, codes, torch.ones(3), settings)
+        weights = torch.linspace(-1.0, 1.0, out["rgb"].numel()).reshape(out["rgb"].shape)  # a non-uniform loss
+        params = [skts, model.field.grid.params, model.field.density_mlp.params]
+        return list(torch.autograd.grad((out["rgb"] * weights).sum(), params))
+
+    # Every cell occupied and nothing dropped: the occupancy path keeps exactly the box-culled samples, so its
+    # gradients (pose, hash table, MLP) equal the plain path's.
+    full = gradients(RenderSettings(early_stop_eps=0.0, alpha_thre=0.0))
+    plain = gradients(RenderSettings(occupancy=False))
+    for got, ref in zip(full, plain, strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6 * float(ref.abs().max()))
+        assert float(ref.abs().max()) > 0
+    # With half of the cells empty, the samples there are dropped: the gradients change, and stay finite.
+    model.occupancy.binaries.copy_(
+        torch.rand(model.occupancy.binaries.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    )
+    sparse = gradients(RenderSettings(early_stop_eps=0.0, alpha_thre=0.0))
+    assert all(torch.isfinite(g).all() for g in sparse)
+    assert not torch.allclose(sparse[0], full[0])
 
 
 def test_training_updates_the_grids_and_resume_keeps_them(tiny_data, tmp_path, monkeypatch, one_torch_thread):

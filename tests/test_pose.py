@@ -46,12 +46,28 @@ def test_photometric_gradients_reach_every_joint():
     rays_d = targets - rays_o
     out = render_rays(model, rays_o, rays_d, skts[0], torch.zeros(24, dtype=torch.long), torch.ones(3),
                       RenderSettings(step_size=0.004))  # fmt: skip
+    skts.retain_grad()
     (out["rgb"] - 0.5).pow(2).sum().backward()
-    assert poses.root.grad.abs().sum() > 0 and poses.root_rot6d.grad.abs().sum() > 0
     per_joint = poses.joint_rot6d.grad[0].abs().sum(dim=-1)  # [23] non-root joints
     # Leaf joints (hands 22/23) are rotations of bones nothing hangs from: their rotation only moves their own
     # box, which the ray through its centre sees; every joint must receive a gradient.
     assert torch.all(per_joint > 0), per_joint
+    # And the right one: the image's gradient w.r.t. skts, pulled back through an independent float64 chain
+    # (Gram-Schmidt by hand, forward kinematics joint by joint, a general 4x4 inverse), equals the poses' grads.
+    r6 = torch.cat([poses.root_rot6d, poses.joint_rot6d], dim=1).detach().double().requires_grad_(True)
+    root64 = poses.root.detach().double().requires_grad_(True)
+    a1, a2 = r6[..., :3], r6[..., 3:]
+    b1 = a1 / a1.norm(dim=-1, keepdim=True)
+    b2 = a2 - (b1 * a2).sum(-1, keepdim=True) * b1
+    b2 = b2 / b2.norm(dim=-1, keepdim=True)
+    rotations = torch.stack([b1, b2, torch.cross(b1, b2, dim=-1)], dim=-1)  # columns
+    kp, rot = _forward_kinematics_joint_by_joint(REST.double(), rotations, root64)
+    l2w = torch.eye(4, dtype=torch.float64).repeat(1, 24, 1, 1)
+    l2w[..., :3, :3], l2w[..., :3, 3] = rot, kp
+    ref = torch.autograd.grad(torch.linalg.inv(l2w), [r6, root64], skts.grad.double())
+    got = [torch.cat([poses.root_rot6d.grad, poses.joint_rot6d.grad], dim=1), poses.root.grad]
+    for mine, theirs in zip(got, ref, strict=True):
+        torch.testing.assert_close(mine.double(), theirs, rtol=1e-4, atol=1e-4 * float(theirs.abs().max()))
 
 
 def test_temporal_loss_is_zero_for_constant_velocity():
@@ -66,10 +82,37 @@ def test_temporal_loss_is_zero_for_constant_velocity():
     root_acc[:, 0] = 0.1 * t**2  # accelerating
     accelerating = RefinablePoses(bones, root_acc, REST)
     moving = accelerating.temporal_loss(ids, ids - 1, ids + 1, torch.ones(4, dtype=bool))
-    assert float(moving.detach()) > 1e-4
+    # By hand: the root's second difference is 0.2 along x for every row, every joint moves with the root and the
+    # rotations are constant, so each of the 4 x 24 terms is 0.2^2 and the loss is coef (0.05) x 0.04.
+    assert float(moving.detach()) == pytest.approx(0.05 * 0.04, rel=1e-4)
+    moving.backward()  # d/d root of row i: coef / (4 x 24) x 24 joints x 2 x 2 x (-0.2) along x = -0.01
+    expected = torch.zeros(6, 3)
+    expected[1:5, 0] = -0.01  # rows 0 and 5 are only (detached) neighbours
+    torch.testing.assert_close(accelerating.root.grad, expected, rtol=1e-4, atol=1e-7)
+    one_invalid = torch.tensor([True, False, True, True])
+    partial = accelerating.temporal_loss(ids, ids - 1, ids + 1, one_invalid)
+    assert float(partial.detach()) == pytest.approx(0.75 * 0.05 * 0.04, rel=1e-4)
     # The refiner passes the joints it already has (one forward kinematics less): the same loss.
     given = accelerating.temporal_loss(ids, ids - 1, ids + 1, torch.ones(4, dtype=bool), cur_kp=accelerating(ids)[0])
     assert torch.equal(given, moving)
+
+
+def test_hinge_regulariser_by_hand():
+    """A-NeRF's pull towards the estimate: coef x sum over 6D entries of max(err^2 - tol, 0), mean over rows x
+    non-root joints; deviations within sqrt(tol) are free, the root is never pulled."""
+    poses = RefinablePoses(torch.randn(2, 24, 3) * 0.3, torch.zeros(2, 3), REST)
+    rows = torch.tensor([0, 1])
+    assert float(poses.hinge_regulariser(rows).detach()) == 0.0
+    with torch.no_grad():
+        poses.joint_rot6d[1, 4, 2] += 0.2  # err^2 0.04: 0.03 over the tolerance
+        poses.joint_rot6d[0, 7, 0] -= 0.05  # err^2 0.0025: within it
+        poses.root_rot6d[0, 0, 1] += 1.0  # the root: not regularised
+    loss = poses.hinge_regulariser(rows, tol=0.01, coef=2.0)
+    assert float(loss.detach()) == pytest.approx(2.0 * 0.03 / (2 * 23), rel=1e-4)
+    loss.backward()  # d/dx of coef x (x - a)^2 / 46 at x - a = 0.2
+    assert float(poses.joint_rot6d.grad[1, 4, 2]) == pytest.approx(2.0 * 2 * 0.2 / 46, rel=1e-4)
+    assert int((poses.joint_rot6d.grad != 0).sum()) == 1
+    assert poses.root_rot6d.grad is None or not poses.root_rot6d.grad.any()
 
 
 def test_temporal_neighbours_from_paths():
@@ -109,16 +152,31 @@ def test_pa_mpjpe_of_a_hand_computed_case():
 
 def test_export_keeps_true_poses_and_refinement_round_trips(tmp_path, tiny_data):
     from fast_anerf.data.anerf_h5 import open_anerf_h5
+    from fast_anerf.data.rays import bounding_cylinder
     from fast_anerf.data.split import load_split
     from fast_anerf.pose_io import export_refined_poses
 
     split = load_split(tiny_data / "train.h5")
     poses = RefinablePoses(split.bones, split.kp3d[:, 0], split.rest_pose)
     out = export_refined_poses(split.path, tmp_path / "refined.h5", poses.export())
-    with open_anerf_h5(out) as data:
+    with open_anerf_h5(out) as data:  # unchanged poses round-trip to the file's own
         torch.testing.assert_close(torch.as_tensor(data.arrays["kp3d"]), split.kp3d, atol=1e-5, rtol=0)
         torch.testing.assert_close(torch.as_tensor(data.arrays["skts"]), split.skts, atol=1e-5, rtol=0)
         assert data.n_images == split.n_images
+    with torch.no_grad():  # moved poses: the file holds them (not a copy of the source), with matching cylinders
+        poses.root += 0.05
+        poses.joint_rot6d[:, 3] += 0.1
+    moved = poses.export()
+    out = export_refined_poses(split.path, tmp_path / "moved.h5", moved)
+    with open_anerf_h5(out) as data, open_anerf_h5(split.path) as source:
+        for key in ("bones", "kp3d", "skts"):
+            written = torch.as_tensor(data.arrays[key])
+            torch.testing.assert_close(written, moved[key], atol=1e-5, rtol=0)
+            assert float((written - torch.as_tensor(source.arrays[key])).abs().max()) > 0.04, key
+        cyls = bounding_cylinder(moved["kp3d"].double()).float()
+        torch.testing.assert_close(torch.as_tensor(data.arrays["cyls"]), cyls, atol=1e-5, rtol=0)
+        for key in ("imgs", "masks", "c2ws", "focals"):
+            assert (data._h5[key][()] == source._h5[key][()]).all(), key
 
 
 def test_refinement_from_true_poses_stays_put(tmp_path, tiny_data):

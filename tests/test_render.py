@@ -173,12 +173,19 @@ def test_retarget_from_h5_and_npz_keeps_our_bone_lengths(tiny_model, tiny_data, 
     model, _ = load_character(tiny_model)
     with h5py.File(tiny_data / "test_pose.h5") as h5:
         bones, kp3d = h5["bones"][:2], h5["kp3d"][:2]
-    np.savez(tmp_path / "poses.npz", bones=bones, kp3d=kp3d)
+    # The .npz's skeleton is 1.3x larger than the .h5's (joints scaled about the root): only its rotations and
+    # root may be used, so both render the same images.
+    big = kp3d[:, :1] + 1.3 * (kp3d - kp3d[:, :1])
+    np.savez(tmp_path / "poses.npz", bones=bones, kp3d=big)
+    rendered = {}
     for source in (tiny_data / "test_pose.h5", tmp_path / "poses.npz"):
         out = tmp_path / source.stem
         assert _render(tiny_model, out, "--type", "retarget", "--source", str(source), "--frames", "0", "1",
                        "--res", "24", "24") == 0  # fmt: skip
-        assert len(_frames(out)) == 2
+        rendered[source.suffix] = _frames(out)
+        assert len(rendered[source.suffix]) == 2
+    for a, b in zip(rendered[".h5"], rendered[".npz"], strict=True):
+        assert np.array_equal(a, b)
     # The re-posed skeleton has our rest pose's bone lengths and the source's root and rotations.
     skts = pose_to_skts(model.rest_pose, axis_angle_to_matrix(torch.as_tensor(bones)), torch.as_tensor(kp3d[:, 0]))
     joints = torch.linalg.inv(skts)[:, :, :3, 3]
@@ -186,6 +193,19 @@ def test_retarget_from_h5_and_npz_keeps_our_bone_lengths(tiny_model, tiny_data, 
     lengths = (joints - joints[:, parents]).norm(dim=-1)
     assert torch.allclose(lengths, (model.rest_pose - model.rest_pose[parents]).norm(dim=-1).expand(2, 24), atol=1e-5)
     assert torch.allclose(joints[:, 0], torch.as_tensor(kp3d[:, 0]), atol=1e-5)
+    # And the images are the character in those poses, seen from the training data's first camera.
+    from fast_anerf.render import camera
+    from fast_anerf.renderer import RenderSettings, render_image
+
+    with open_anerf_h5(tiny_data / "train.h5") as data:
+        c2w, focal, center = camera(data, 0, 24, 24)
+    settings = RenderSettings.from_train(model.config.train, training=False)
+    for frame, pose in zip(rendered[".h5"], skts, strict=True):
+        with torch.no_grad():
+            expected = render_image(model, c2w, focal, center, 24, 24, pose, -1, torch.ones(3), settings)["rgb"]
+        expected = (expected.clamp(0, 1).numpy() * 255).round()
+        assert np.abs(frame.astype(float) - expected).max() <= 2
+        assert (frame < 235).any()  # the body is in view
 
 
 @pytest.mark.parametrize(

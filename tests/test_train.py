@@ -43,7 +43,17 @@ def test_loss_falls(tiny_data, tmp_path):
     summary = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert summary["step"] == 40
     assert set(summary["splits"]) == {"test_view", "test_pose"}
-    assert summary["splits"]["test_view"]["psnr"] > 10.0
+    # Better than drawing the background alone (measured: 15.4 dB whole image, 4.0 dB on the body; the 40 steps
+    # reached 21.4 / 11.6 dB), so the field has learnt a body where the held-out views show one.
+    from fast_anerf.data.split import load_split
+    from fast_anerf.evaluate import psnr
+
+    held_out = load_split(tiny_data / "test_view.h5")
+    frames = range(held_out.n_images)
+    empty = sum(psnr(held_out.backgrounds[i], held_out.images[i]) for i in frames) / len(frames)
+    empty_fg = sum(psnr(held_out.backgrounds[i], held_out.images[i], held_out.masks[i]) for i in frames) / len(frames)
+    assert summary["splits"]["test_view"]["psnr"] > empty + 4.0, (summary["splits"]["test_view"]["psnr"], empty)
+    assert summary["splits"]["test_view"]["psnr_fg"] > empty_fg + 5.0
 
 
 def test_resume_equals_uninterrupted(tiny_data, tmp_path, one_torch_thread):
@@ -156,12 +166,12 @@ def test_resuming_a_run_that_used_its_time_limit_asks_for_more_minutes(tiny_data
         (["--preset", "gpu"], ["--preset gpu would change", "its preset is demo"]),
         (["--gt-poses"], ["--gt-poses would change", "its gt_poses is False"]),
         (["--refine-poses", "off"], ["refines its poses", "would drop them", "refined_poses.h5 --refine-poses off"]),
-        (["--steps", "4"], ["has done its 4 steps", "--steps with more"]),
     ],
 )
 def test_resume_refuses_flags_that_would_train_another_model(tiny_data, tmp_path, capsys, argv, words):
     """A resumed run keeps its model: flags that would change it are one line naming the flag, and the
-    checkpoint (with its refined poses) is left as it was; flags that keep it (the same preset) are accepted."""
+    checkpoint (with its refined poses) is left as it was; flags that keep it (the same preset) are accepted, and
+    resuming a finished run (a job script that always passes --resume) evaluates it again and exits 0."""
     out = tmp_path / "run"
     Trainer(_args(tiny_data, out, steps=4)).run()
     saved = (out / "checkpoint.pt").read_bytes()
@@ -173,4 +183,8 @@ def test_resume_refuses_flags_that_would_train_another_model(tiny_data, tmp_path
     for word in words:
         assert word in err, err
     assert (out / "checkpoint.pt").read_bytes() == saved
+    capsys.readouterr()
+    assert entrypoint([*base, "--steps", "4"]) == 0  # a finished run resumed again: evaluated, not trained
+    assert "has done its 4 steps; evaluating only" in capsys.readouterr().out
+    assert json.loads((out / "eval.json").read_text())["step"] == 4
     assert entrypoint([*base, "--steps", "6", "--preset", "demo", "--field", "fast", "--seed", "0"]) == 0
