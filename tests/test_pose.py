@@ -344,9 +344,14 @@ def test_pose_jitter_is_per_row_and_step_and_repeatable(active):
     torch.testing.assert_close(relative[..., 3, :], bottom, atol=1e-5, rtol=0)
     moved = (relative[..., :3, :3] - torch.eye(3)).detach().abs().amax()
     assert 1e-3 < float(moved) < 0.2
-    if active:  # gradients still reach the poses through the jittered frames
-        a.sum().backward()
-        assert poses.joint_rot6d.grad.abs().sum() > 0 and poses.root.grad.abs().sum() > 0
+    if active:  # gradients reach the poses through the jittered frames: those of (fixed jitter) @ (the pose)
+        weights = torch.randn(a.shape, generator=g)
+        params = [poses.joint_rot6d, poses.root_rot6d, poses.root]
+        got = torch.autograd.grad((a * weights).sum(), params)
+        expected = torch.autograd.grad(((relative.detach() @ poses(rows)[1]) * weights).sum(), params)
+        for mine, theirs in zip(got, expected, strict=True):
+            assert float(theirs.abs().max()) > 0
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5 * float(theirs.abs().max()))
 
 
 def test_refine_learning_rate_anneals_from_lr_to_lr_times_decay(tmp_path, tiny_data, monkeypatch):

@@ -33,6 +33,20 @@ def _frames(out) -> list[np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 # Pose and camera math (no model)
 # ---------------------------------------------------------------------------------------------
+def _expected_frame(model, train_h5, cam: int, skts, res: int, background) -> np.ndarray:
+    """What a frame of ``skts`` seen from training camera ``cam`` must look like: ``render_image`` directly
+    (mean appearance code), as uint8 levels."""
+    from fast_anerf.render import camera
+    from fast_anerf.renderer import RenderSettings, render_image
+
+    with open_anerf_h5(train_h5) as data:
+        c2w, focal, center = camera(data, cam, res, res)
+    settings = RenderSettings.from_train(model.config.train, training=False)
+    with torch.no_grad():
+        rgb = render_image(model, c2w, focal, center, res, res, skts, -1, background, settings)["rgb"]
+    return (rgb.clamp(0, 1).numpy() * 255).round()
+
+
 def test_skts_to_pose_inverts_forward_kinematics():
     torch.manual_seed(0)
     rest = torch.randn(24, 3) * 0.3
@@ -142,7 +156,7 @@ def test_bullet_body_where_projected_background_elsewhere(tiny_model, tiny_data,
         assert (torso.min(axis=-1) < 235).all(), torso  # the body is drawn where it projects
 
 
-def test_retarget_interpolate_animate_and_val(tiny_model, tmp_path, capsys):
+def test_retarget_interpolate_animate_and_val(tiny_model, tiny_data, tmp_path, capsys):
     assert _render(tiny_model, tmp_path / "motion", "--type", "retarget", "--motion", "wave", "--motion-frames", "3",
                    "--res", "24", "32") == 0  # fmt: skip
     frames = _frames(tmp_path / "motion")
@@ -153,11 +167,21 @@ def test_retarget_interpolate_animate_and_val(tiny_model, tmp_path, capsys):
                    "--res", "24", "24") == 0  # fmt: skip
     frames = _frames(tmp_path / "interp")
     assert len(frames) == 4 and not np.array_equal(frames[0], frames[-1])
+    # The ends are training images 0 and 7's poses (the data's, this model refined none) from camera 0.
+    model, _ = load_character(tiny_model)
+    with open_anerf_h5(tiny_data / "train.h5") as data:
+        pose = {i: torch.as_tensor(data.arrays["skts"][data.pose_index(i)]) for i in (0, 7)}
+    for frame, i in ((frames[0], 0), (frames[-1], 7)):
+        expected = _expected_frame(model, tiny_data / "train.h5", 0, pose[i], 24, torch.ones(3))
+        assert np.abs(frame.astype(float) - expected).max() <= 2, i
 
     assert _render(tiny_model, tmp_path / "anim", "--type", "animate", "--frames", "0", "7", "--n-steps", "2",
                    "--joints", "left_shoulder", "18", "--res", "24", "24", "--background", "black") == 0  # fmt: skip
     frames = _frames(tmp_path / "anim")
     assert len(frames) == 3 and (frames[0][0, 0] == 0).all()
+    expected = _expected_frame(model, tiny_data / "train.h5", 0, pose[0], 24, torch.zeros(3))
+    assert np.abs(frames[0].astype(float) - expected).max() <= 2  # starts at frame 0's pose, on black
+    assert not np.array_equal(frames[0], frames[-1])  # the shoulder moved
 
     capsys.readouterr()
     assert _render(tiny_model, tmp_path / "val", "--type", "val", "--frames", "0", "3") == 0
@@ -194,16 +218,8 @@ def test_retarget_from_h5_and_npz_keeps_our_bone_lengths(tiny_model, tiny_data, 
     assert torch.allclose(lengths, (model.rest_pose - model.rest_pose[parents]).norm(dim=-1).expand(2, 24), atol=1e-5)
     assert torch.allclose(joints[:, 0], torch.as_tensor(kp3d[:, 0]), atol=1e-5)
     # And the images are the character in those poses, seen from the training data's first camera.
-    from fast_anerf.render import camera
-    from fast_anerf.renderer import RenderSettings, render_image
-
-    with open_anerf_h5(tiny_data / "train.h5") as data:
-        c2w, focal, center = camera(data, 0, 24, 24)
-    settings = RenderSettings.from_train(model.config.train, training=False)
     for frame, pose in zip(rendered[".h5"], skts, strict=True):
-        with torch.no_grad():
-            expected = render_image(model, c2w, focal, center, 24, 24, pose, -1, torch.ones(3), settings)["rgb"]
-        expected = (expected.clamp(0, 1).numpy() * 255).round()
+        expected = _expected_frame(model, tiny_data / "train.h5", 0, pose, 24, torch.ones(3))
         assert np.abs(frame.astype(float) - expected).max() <= 2
         assert (frame < 235).any()  # the body is in view
 

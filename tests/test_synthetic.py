@@ -79,6 +79,38 @@ def test_knees_bend_forward():
     assert np.abs(kp[:, [7, 8]] - kp[:1, [7, 8]]).max() < 0.03
 
 
+def test_each_motion_does_what_its_name_says():
+    """Joint positions (canonical frame: y up, facing +z, the person's left is +x; metres) of each motion."""
+    rest = builtin_rest_pose()
+
+    def joints(name):
+        return _fk(rest, *motions.MOTIONS[name](96))[0]
+
+    head, l_wrist, r_wrist, l_shoulder, r_shoulder, l_ankle, r_ankle = 15, 20, 21, 16, 17, 7, 8
+    walk = joints("walk")  # the ankles swing forward and back in turn, twice each
+    lead = walk[:, l_ankle, 2] - walk[:, r_ankle, 2]
+    assert lead.max() > 0.15 and lead.min() < -0.15
+    assert int((np.diff(np.sign(lead[np.abs(lead) > 0.05])) != 0).sum()) >= 3
+    raise_ = joints("arm_raise")  # each wrist in turn above its shoulder, then both
+    above = raise_[:, [l_wrist, r_wrist], 1] > raise_[:, [l_shoulder, r_shoulder], 1] + 0.2
+    assert above[:32, 0].any() and not above[:32, 1].any() and above[32:64, 1].any() and above[64:].all(axis=1).any()
+    turn = joints("turn")  # the facing direction (left shoulder -> right shoulder, rotated) sweeps a full turn
+    across = turn[:, r_shoulder] - turn[:, l_shoulder]
+    yaw = np.unwrap(np.arctan2(across[:, 2], across[:, 0]))
+    assert abs(abs(yaw[-1] - yaw[0]) - 2 * np.pi) < 0.2
+    squat = joints("squat")  # the head drops by a good part of a leg, twice
+    drop = squat[0, head, 1] - squat[:, head, 1]
+    assert drop.max() > 0.3 and drop[len(drop) // 2] < 0.05
+    jacks = joints("jumping_jacks")  # hands overhead with the feet apart, then back
+    spread = jacks[:, l_ankle, 0] - jacks[:, r_ankle, 0]
+    overhead = (jacks[:, [l_wrist, r_wrist], 1] > jacks[:, [head], 1]).all(axis=1)
+    assert overhead.sum() > 10 and spread[overhead].mean() > spread[~overhead].mean() + 0.15
+    wave = joints("wave")  # the right hand goes up and swings sideways; the left arm stays down
+    up = wave[:, r_wrist, 1] > wave[:, r_shoulder, 1]
+    assert up.sum() > 30 and np.ptp(wave[up, r_wrist, 0]) > 0.1
+    assert (wave[:, l_wrist, 1] < wave[:, l_shoulder, 1] - 0.3).all()
+
+
 # ------------------------------------------------------------------------------------------------- character
 def test_mannequin_joints_match_fk():
     char = Character()
