@@ -156,7 +156,9 @@ class RunConfig:
     @staticmethod
     def from_checkpoint(data: dict[str, Any], source: str = "checkpoint") -> RunConfig:
         """``from_dict`` for a checkpoint's config: runs saved before ``occ_blend_mask`` existed were trained
-        without the mask, so they keep rendering without it."""
+        without the mask, so they keep rendering without it; ``steps = 0``, accepted once, reads as 1."""
+        if data.get("train", {}).get("steps") == 0:  # saved by `train --steps 0` before that was refused
+            data = {**data, "train": {**data["train"], "steps": 1}}
         config = RunConfig.from_dict(data, source)
         if "occ_blend_mask" not in data.get("train", {}):
             config = replace(config, train=replace(config.train, occ_blend_mask=False))

@@ -195,19 +195,27 @@ class Trainer:
         self.skts = (self.split.gt_skts if cfg.gt_poses else self.split.skts).to(self.device)
         self.pose_idxs = self.split.pose_idxs.to(self.device)
         if cfg.gt_poses and cfg.refine_poses == "on":
+            if resume_state is not None:
+                raise UserError(f"{self.ckpt_path}: this run trains on the file's true poses (gt_poses), which are not "
+                                "refined; drop --refine-poses on")  # fmt: skip
             raise UserError("--gt-poses trains on the file's true poses, --refine-poses on refines its estimated ones; "
                             "drop one of the two flags")  # fmt: skip
         self.refiner = self._make_refiner() if wants_pose_refinement(cfg, self.split) else None
         if resume_state is not None and resume_state.get("poses") is not None and self.refiner is None:
-            raise UserError(f"{self.ckpt_path}: the run refines its poses; resuming without refinement would drop "
-                            "them. Drop --refine-poses off, or train a new model on them in another --out: "
-                            f"--data {self.out / 'refined_poses.h5'} --refine-poses off")  # fmt: skip
+            asked = f"--refine-poses {args.refine_poses}" if args.refine_poses else "this --data"
+            raise UserError(f"{self.ckpt_path}: the run refines its poses; resuming without refinement ({asked}) "
+                            "would drop them. Resume without that flag, or, once the run has finished, train a new "
+                            f"model on them in another --out: --data {self.out / 'refined_poses.h5'} "
+                            "--refine-poses off")  # fmt: skip
         self.step = 0
         self.elapsed = 0.0
         self.history: list[dict] = []
         if resume_state is not None:
             self._restore(resume_state)
-            if self.step >= cfg.steps:  # not an error: a job script that always resumes must be rerunnable
+            if self.step > cfg.steps:  # a checkpoint saved with a shorter --steps would end the run for good
+                raise UserError(f"{self.ckpt_path}: the run has done {self.step} steps, more than --steps "
+                                f"{cfg.steps}; pass --steps {self.step} or more")  # fmt: skip
+            if self.step == cfg.steps:  # not an error: a job script that always resumes must be rerunnable
                 print(f"{self.ckpt_path}: the run has done its {self.step} steps; evaluating only (pass --steps with "
                       "more to train further)")  # fmt: skip
             limit = cfg.max_minutes * 60.0
@@ -400,7 +408,10 @@ class Trainer:
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         deadline = cfg.max_minutes * 60.0 if cfg.max_minutes > 0 else math.inf
         rays_per_step = self.pool.rays_per_image * self.pool.images_per_batch
-        window_start, window_steps, last = time.perf_counter(), 0, None
+        # The last logged training stats: a resumed run that trains no further still reports its own.
+        stats_keys = ("loss", "psnr", "samples_per_ray", "candidates_per_ray")  # train_step's
+        last = {k: v for k, v in self.history[-1].items() if k in stats_keys} if self.history else None
+        window_start, window_steps, first_step = time.perf_counter(), 0, self.step
         try:
             while self.step < cfg.steps and self.elapsed < deadline and not self._interrupted:
                 t0 = time.perf_counter()
@@ -439,7 +450,8 @@ class Trainer:
                     print(f"eval at step {self.step}: {summary}", flush=True)
         finally:
             signal.signal(signal.SIGINT, previous)
-        path = self.save()
+        # A resumed run that ran no step leaves its checkpoint as it was (same state; nothing to rewrite).
+        path = self.save() if self.step != first_step or not self.ckpt_path.is_file() else self.ckpt_path
         if self._interrupted:
             print(f"interrupted at step {self.step}; checkpoint saved to {path} (continue with --resume)")
             return {}

@@ -165,7 +165,8 @@ def test_resuming_a_run_that_used_its_time_limit_asks_for_more_minutes(tiny_data
         (["--seed", "7"], ["--seed 7 would change", "its seed is 0"]),
         (["--preset", "gpu"], ["--preset gpu would change", "its preset is demo"]),
         (["--gt-poses"], ["--gt-poses would change", "its gt_poses is False"]),
-        (["--refine-poses", "off"], ["refines its poses", "would drop them", "refined_poses.h5 --refine-poses off"]),
+        (["--refine-poses", "off"], ["(--refine-poses off) would drop them", "refined_poses.h5 --refine-poses off"]),
+        (["--steps", "3"], ["has done 4 steps, more than --steps 3", "pass --steps 4 or more"]),
     ],
 )
 def test_resume_refuses_flags_that_would_train_another_model(tiny_data, tmp_path, capsys, argv, words):
@@ -175,6 +176,7 @@ def test_resume_refuses_flags_that_would_train_another_model(tiny_data, tmp_path
     out = tmp_path / "run"
     Trainer(_args(tiny_data, out, steps=4)).run()
     saved = (out / "checkpoint.pt").read_bytes()
+    first = json.loads((out / "eval.json").read_text())
     assert torch.load(out / "checkpoint.pt", weights_only=False)["poses"] is not None  # the run refined its poses
     base = ["train", "--out", str(out), "--resume", "--device", "cpu"]
     assert entrypoint([*base, *(argv if "--steps" in argv else [*argv, "--steps", "6"])]) == 2
@@ -184,7 +186,18 @@ def test_resume_refuses_flags_that_would_train_another_model(tiny_data, tmp_path
         assert word in err, err
     assert (out / "checkpoint.pt").read_bytes() == saved
     capsys.readouterr()
-    assert entrypoint([*base, "--steps", "4"]) == 0  # a finished run resumed again: evaluated, not trained
+    assert entrypoint(base) == 0  # a finished run resumed again: evaluated, not trained, checkpoint untouched
     assert "has done its 4 steps; evaluating only" in capsys.readouterr().out
-    assert json.loads((out / "eval.json").read_text())["step"] == 4
+    assert (out / "checkpoint.pt").read_bytes() == saved
+    again = json.loads((out / "eval.json").read_text())
+    assert again["step"] == 4 and again["train_psnr_last"] == pytest.approx(first["train_psnr_last"], abs=1e-3)
     assert entrypoint([*base, "--steps", "6", "--preset", "demo", "--field", "fast", "--seed", "0"]) == 0
+
+
+def test_resuming_a_true_pose_run_with_refinement_on_names_the_run(tiny_data, tmp_path, capsys):
+    Trainer(_args(tiny_data, tmp_path / "run", steps=2, gt_poses=True)).run()
+    argv = ["train", "--out", str(tmp_path / "run"), "--resume", "--steps", "3", "--refine-poses", "on"]
+    assert entrypoint([*argv, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "trains on the file's true poses (gt_poses)" in err
+    assert "drop --refine-poses on" in err and "drop one of the two flags" not in err
