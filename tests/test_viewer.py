@@ -488,3 +488,11 @@ def test_training_poses_are_the_ones_the_model_was_trained_on(tiny_ckpt, tiny_da
     plain_state, plain_home = build_state(View(ckpt=tmp_path / "unrefined.pt", device="cpu", backend="torch"))
     assert "estimated poses" not in plain_state.sequences
     torch.testing.assert_close(plain_home.sequence.bones, estimated_bones)
+    # Refined poses of other data (another row count than --data's): the data's own poses, no estimates beside.
+    other = tiny_data / "test_pose.h5"
+    other_state, other_home = build_state(View(ckpt=tmp_path / "refined.pt", data=other, device="cpu", backend="torch"))
+    with open_anerf_h5(other) as data:
+        assert data.n_poses != refined.n_poses
+        other_bones, _ = bones_from_skts(torch.as_tensor(data.arrays["skts"]).float())
+    torch.testing.assert_close(other_home.sequence.bones, other_bones)
+    assert "estimated poses" not in other_state.sequences
