@@ -165,7 +165,8 @@ def draw_segment(image: np.ndarray, start: np.ndarray, end: np.ndarray, color, w
 
 
 def draw_skeleton(image: np.ndarray, uv: np.ndarray, depth: np.ndarray, color=(255, 40, 40)) -> np.ndarray:
-    """Draw bones (joint to parent) onto ``image`` uint8 ``[H, W, 3]`` in place, ~1/100 of the image wide.
+    """Draw bones (joint to parent) onto ``image`` uint8 ``[H, W, 3]`` in place, ``2 * (side // 200) - 1``
+    pixels wide (at least 1; ``side`` = the image's shorter side).
 
     Args:
         uv: ``[24, 2]`` pixel coordinates (u column, v row) of the joints; depth: ``[24]`` (> 0 in front).
