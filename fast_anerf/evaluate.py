@@ -182,7 +182,7 @@ def run_eval(args) -> dict:
     from fast_anerf.model import load_character
     from fast_anerf.renderer import RenderSettings
     from fast_anerf.run_files import write_json_atomic
-    from fast_anerf.train import pick_device
+    from fast_anerf.run_setup import pick_device
 
     device = pick_device(args.device)
     model, ckpt = load_character(args.ckpt, device=device, backend=args.backend)

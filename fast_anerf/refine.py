@@ -33,7 +33,8 @@ def annealed_lr(lr: float, decay: float, step: int, steps: int) -> float:
 def run_refine(args) -> dict:
     """Refine the poses of ``args.data`` against the frozen model of ``args.ckpt``; see the module docstring."""
     from fast_anerf.run_files import write_json_atomic
-    from fast_anerf.train import all_finite, photometric_loss, pick_device
+    from fast_anerf.run_setup import pick_device
+    from fast_anerf.train import all_finite, photometric_loss
 
     out = Path(args.out)
     if (out / "refined.h5").exists() and not args.overwrite:

@@ -202,7 +202,7 @@ class Scene:
         from fast_anerf.data.anerf_h5 import open_anerf_h5
         from fast_anerf.model import load_character
         from fast_anerf.renderer import RenderSettings
-        from fast_anerf.train import pick_device
+        from fast_anerf.run_setup import pick_device
 
         self.device = pick_device(args.device)
         self.model, self.ckpt = load_character(args.ckpt, device=self.device, backend=args.backend)

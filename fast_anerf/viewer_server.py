@@ -385,7 +385,7 @@ def build_state(args) -> tuple[ViewerState, TrainingView | None]:
     from fast_anerf.data.synthetic import builtin_rest_pose
     from fast_anerf.model import load_character
     from fast_anerf.render import REFINED_NOTE, trained_skts
-    from fast_anerf.train import pick_device, resolve_data
+    from fast_anerf.run_setup import pick_device, resolve_data
     from fast_anerf.viewer import load_motion_file, load_training_view, motion_sequence
 
     device = pick_device(args.device)

@@ -38,7 +38,7 @@ def build(ckpt: Path | None, device: str, backend: str):
     from fast_anerf.data import motions
     from fast_anerf.data.synthetic import builtin_rest_pose
     from fast_anerf.model import Character
-    from fast_anerf.train import pick_device
+    from fast_anerf.run_setup import pick_device
     from fast_anerf.viewer import ViewerState, motion_sequence
 
     model = Character(load_preset("demo"), torch.as_tensor(builtin_rest_pose()), 1, backend=backend)

@@ -1,0 +1,82 @@
+"""What a run starts from, shared by every command that loads a run: the device, the data paths (the built-in
+character generated on first use), the rest skeleton, whether poses are refined, and what ``train --resume``
+may not change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fast_anerf.config import RunConfig
+from fast_anerf.data.split import Split
+from fast_anerf.errors import UserError
+
+
+def pick_device(name: str) -> torch.device:
+    """``--device``: ``cpu``, ``cuda`` (a one-line error without CUDA) or ``auto`` (CUDA when available)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but CUDA is not available; use --device cpu or auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_data(data: Path | None) -> tuple[Path, Path | None]:
+    """``(train .h5, folder with held-out splits or None)``; generates the built-in character if needed."""
+    if data is None:
+        from fast_anerf.data.synthetic import default_data_dir, generate_dataset
+
+        folder = default_data_dir()
+        generate_dataset(folder)
+        return folder / "train.h5", folder
+    data = Path(data)
+    if data.is_dir():
+        if not (data / "train.h5").is_file():
+            raise UserError(f"{data}: no train.h5 in this folder; pass an .h5 file or a folder holding train.h5")
+        return data / "train.h5", data
+    if data.is_file():
+        return data, None
+    raise UserError(f"{data}: no such file or folder; pass an A-NeRF .h5 or a folder holding train.h5")
+
+
+def default_rest_pose(split: Split) -> torch.Tensor:
+    """The file's ``rest_pose``; else our built-in rest skeleton scaled to the data's bone lengths."""
+    if split.rest_pose is not None:
+        return split.rest_pose
+    from fast_anerf.data.synthetic import builtin_rest_pose
+    from fast_anerf.skeleton import bone_lengths
+
+    rest = torch.as_tensor(builtin_rest_pose(), dtype=torch.float32)
+    data_len = bone_lengths(split.kp3d).mean()
+    return rest * (data_len / bone_lengths(rest).mean())
+
+
+def wants_pose_refinement(cfg, split: Split) -> bool:
+    """``refine_poses`` "auto": refine when the poses are estimates (not --gt-poses, and differ from gt_kp3d)."""
+    if cfg.refine_poses != "auto":
+        return cfg.refine_poses == "on"
+    if cfg.gt_poses:
+        return False
+    gt = split.gt_kp3d
+    if gt is not None and gt.shape == split.kp3d.shape and torch.allclose(gt, split.kp3d, atol=1e-6):
+        return False  # e.g. SURREAL: the stored poses are the true ones
+    return True
+
+
+def refuse_changed_settings(args, stored: RunConfig, ckpt_path: Path) -> None:
+    """A resumed run keeps what defines its model: refuse ``--preset``, ``--field``, ``--seed``, ``--gt-poses``
+    and ``--multiview`` when they differ from the checkpoint's config (``UserError`` naming the flag)."""
+    train = stored.train
+    requested = {  # flag: (value asked for, config key, the run's value)
+        "--preset": (Path(args.preset).stem if args.preset else None, "preset", stored.preset),
+        "--field": (args.field, "field", train.field),
+        "--seed": (args.seed, "seed", train.seed),
+        "--gt-poses": (True if args.gt_poses else None, "gt_poses", train.gt_poses),
+        "--multiview": (True if args.multiview else None, "multiview", train.multiview),
+    }
+    for flag, (wanted, key, kept) in requested.items():
+        if wanted is not None and wanted != kept:
+            asked = flag if wanted is True else f"{flag} {wanted}"
+            raise UserError(f"{ckpt_path}: {asked} would change the run being resumed (its {key} is {kept}); "
+                            "drop the flag, or start a new run in another --out")  # fmt: skip
