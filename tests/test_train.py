@@ -171,27 +171,37 @@ def test_resuming_a_run_that_used_its_time_limit_asks_for_more_minutes(tiny_data
 )
 def test_resume_refuses_flags_that_would_train_another_model(tiny_data, tmp_path, capsys, argv, words):
     """A resumed run keeps its model: flags that would change it are one line naming the flag, and the
-    checkpoint (with its refined poses) is left as it was; flags that keep it (the same preset) are accepted, and
-    resuming a finished run (a job script that always passes --resume) evaluates it again and exits 0."""
+    checkpoint (with its refined poses) is left as it was."""
     out = tmp_path / "run"
     Trainer(_args(tiny_data, out, steps=4)).run()
     saved = (out / "checkpoint.pt").read_bytes()
-    first = json.loads((out / "eval.json").read_text())
     assert torch.load(out / "checkpoint.pt", weights_only=False)["poses"] is not None  # the run refined its poses
-    base = ["train", "--out", str(out), "--resume", "--device", "cpu"]
-    assert entrypoint([*base, *(argv if "--steps" in argv else [*argv, "--steps", "6"])]) == 2
+    argv = argv if "--steps" in argv else [*argv, "--steps", "6"]
+    assert entrypoint(["train", "--out", str(out), "--resume", "--device", "cpu", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     for word in words:
         assert word in err, err
     assert (out / "checkpoint.pt").read_bytes() == saved
+
+
+def test_resuming_a_finished_run_evaluates_it_and_the_runs_own_flags_are_accepted(tiny_data, tmp_path, capsys):
+    """A job script that always passes --resume: a finished run is evaluated again (exit 0, eval.json as before,
+    checkpoint untouched); flags equal to the run's own (preset, field, seed) are accepted."""
+    out = tmp_path / "run"
+    Trainer(_args(tiny_data, out, steps=4)).run()
+    saved = (out / "checkpoint.pt").read_bytes()
+    first = json.loads((out / "eval.json").read_text())
+    base = ["train", "--out", str(out), "--resume", "--device", "cpu"]
     capsys.readouterr()
-    assert entrypoint(base) == 0  # a finished run resumed again: evaluated, not trained, checkpoint untouched
+    assert entrypoint(base) == 0
     assert "has done its 4 steps; evaluating only" in capsys.readouterr().out
     assert (out / "checkpoint.pt").read_bytes() == saved
     again = json.loads((out / "eval.json").read_text())
     assert again["step"] == 4 and again["train_psnr_last"] == pytest.approx(first["train_psnr_last"], abs=1e-3)
+    assert again["splits"]["test_view"]["psnr"] == pytest.approx(first["splits"]["test_view"]["psnr"], abs=1e-4)
     assert entrypoint([*base, "--steps", "6", "--preset", "demo", "--field", "fast", "--seed", "0"]) == 0
+    assert json.loads((out / "eval.json").read_text())["step"] == 6
 
 
 def test_resuming_a_true_pose_run_with_refinement_on_names_the_run(tiny_data, tmp_path, capsys):
