@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fast_anerf.config import RunConfig, load_preset, with_overrides
-from fast_anerf.data.split import RayPool, load_split
+from fast_anerf.data.split import RayPool, Split, load_split
 from fast_anerf.errors import CheckpointError, UserError, writing
 from fast_anerf.evaluate import evaluate_split, find_eval_splits, format_table, public
 from fast_anerf.model import Character, load_character, read_checkpoint, save_checkpoint
@@ -162,9 +162,9 @@ class Trainer:
                 raise UserError(f"{self.ckpt_path}: the run has used its time limit ({self.elapsed / 60:.1f} of "
                                 f"max_minutes {cfg.max_minutes:g}); pass --max-minutes with more (0 = no limit) to "
                                 "train further")  # fmt: skip
-        self.eval_splits = find_eval_splits(self.eval_dir) if self.eval_dir is not None else {}
-        for path in self.eval_splits.values():  # a damaged held-out file fails now, not at the first evaluation
-            load_split(path)
+        # Held-out splits, read once now: a damaged file fails before training, and evaluations reuse them.
+        paths = find_eval_splits(self.eval_dir) if self.eval_dir is not None else {}
+        self.eval_splits: dict[str, Split] = {name: load_split(path) for name, path in paths.items()}
         self._interrupted = False
         self._bad_steps = 0
 
@@ -309,10 +309,8 @@ class Trainer:
         settings = RenderSettings.from_train(self.config.train, training=False)
         self.model.eval()
         results = {}
-        for name, path in self.eval_splits.items():
-            results[name] = evaluate_split(
-                self.model, load_split(path), settings, max_frames, chunk=self.config.train.chunk_rays
-            )
+        for name, split in self.eval_splits.items():
+            results[name] = evaluate_split(self.model, split, settings, max_frames, chunk=self.config.train.chunk_rays)
         return results
 
     def _preview(self, results: dict[str, dict], writer) -> None:
