@@ -183,13 +183,39 @@ class FromSpin:
 
 
 @dataclass(frozen=True)
+class Subset:
+    """Write some images of an A-NeRF .h5 (and the poses they use) to a new .h5: A-NeRF's Mixamo selection
+    (`--select archer_selected.npy`), SURREAL's cameras (`--cameras 0 3 6`), or a file too big for memory."""
+
+    path: tyro.conf.Positional[Path]
+    """The source .h5 file."""
+    out: Path
+    """The .h5 file to write."""
+    select: str | None = None
+    """Image indices: a .npy / .txt file (A-NeRF's {Subject}_selected.npy), or a slice START:STOP[:STEP]."""
+    cameras: tuple[int, ...] = ()
+    """Keep only the images of these cameras (the file's cam_idxs, or SURREAL's camera-major order)."""
+    overwrite: bool = False
+    """Replace an existing --out file."""
+
+    def main(self) -> None:
+        from fast_anerf.data.subset import write_subset
+
+        if self.select is None and not self.cameras:
+            raise UserError("data subset: pass --select and/or --cameras to choose images")
+        info = write_subset(self.path, self.out, self.select, self.cameras, self.overwrite)
+        print(f"{self.out}: {info['images']} of {info['source_images']} images, {info['poses']} poses")
+
+
+@dataclass(frozen=True)
 class Data:
-    """Data tools: generate the built-in character, inspect an .h5, convert SPIN output."""
+    """Data tools: generate the built-in character, inspect an .h5, convert SPIN output, select images."""
 
     action: tyro.conf.OmitArgPrefixes[
         Annotated[Synth, tyro.conf.subcommand("synth")]
         | Annotated[Inspect, tyro.conf.subcommand("inspect")]
         | Annotated[FromSpin, tyro.conf.subcommand("from-spin")]
+        | Annotated[Subset, tyro.conf.subcommand("subset")]
     ]
 
     def main(self) -> None:

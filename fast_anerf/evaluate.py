@@ -102,12 +102,12 @@ def evaluate_split(model, split: Split, settings, max_frames: int | None = None,
             split.width,
             skts,
             code_id=-1,
-            background=split.backgrounds[i],
+            background=split.background(i),
             settings=settings,
             chunk=chunk,
         )
         pred = out["rgb"].cpu().clamp(0, 1)
-        gt = split.images[i]
+        gt = split.image(i)
         mask = split.masks[i]
         per_frame["psnr"].append(psnr(pred, gt))
         per_frame["ssim"].append(ssim(pred, gt))

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from fast_anerf.cli import Refine, Train
-from fast_anerf.data.anerf_h5 import open_anerf_h5, write_anerf_h5
+from fast_anerf.data.anerf_h5 import open_anerf_h5
+from fast_anerf.data.h5_write import write_anerf_h5
 from fast_anerf.data.synthetic import default_data_dir, generate_dataset, noisy_poses, pose_arrays
 from fast_anerf.refine import run_refine
 from fast_anerf.train import Trainer

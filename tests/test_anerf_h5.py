@@ -10,12 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from fast_anerf.data.anerf_h5 import (
-    REQUIRED_KEYS,
-    dilate_mask,
-    open_anerf_h5,
-    write_anerf_h5,
-)
+from fast_anerf.data.anerf_h5 import REQUIRED_KEYS, dilate_mask, open_anerf_h5
+from fast_anerf.data.h5_write import write_anerf_h5
 from fast_anerf.errors import DataError
 
 N, H, W = 6, 16, 12

@@ -313,7 +313,7 @@ def test_real_background_is_stored_or_painted_white_and_outputs_are_never_clobbe
     np.testing.assert_array_equal(bkgd[never_seen], filled[never_seen])
     assert bkgd[never_seen].mean() < 200
     split = load_split(root / "bg.h5")
-    np.testing.assert_allclose(split.backgrounds[3][~never_seen].numpy(), scene[~never_seen] / 255.0, atol=1e-6)
+    np.testing.assert_allclose(split.background(3)[~never_seen].numpy(), scene[~never_seen] / 255.0, atol=1e-6)
 
     assert entrypoint(args + ["--out", str(root / "white.h5"), "--background", "white"]) == 0
     with open_anerf_h5(root / "white.h5") as data:

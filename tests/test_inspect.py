@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fast_anerf.data.anerf_h5 import write_anerf_h5
+from fast_anerf.data.h5_write import write_anerf_h5
 from fast_anerf.data.inspect import JOINT_COLOUR, LABEL_HEIGHT, inspect_file, sheet_layout
 from fast_anerf.data.rays import project_points
 from fast_anerf.data.synthetic import builtin_rest_pose, look_at

@@ -96,9 +96,9 @@ def test_evaluate_split_scores_each_frame_from_its_own_camera_and_pose(tiny_mode
         skts = split.skts[split.pose_idxs[i]]
         center = tuple(split.centers[i].tolist())
         out = render_image(model, split.c2ws[i], float(split.focals[i]), center, split.height, split.width, skts,
-                           code_id=-1, background=split.backgrounds[i], settings=settings)  # fmt: skip
+                           code_id=-1, background=split.background(i), settings=settings)  # fmt: skip
         pred = out["rgb"].clamp(0, 1)
-        gt, mask = split.images[i], split.masks[i]
+        gt, mask = split.image(i), split.masks[i]
         rows, cols = cylinder_box(split.kp3d[split.pose_idxs[i]], split.c2ws[i], float(split.focals[i]), center,
                                   split.height, split.width, 0.25)  # fmt: skip
         assert result["per_frame"]["psnr"][k] == pytest.approx(psnr(pred, gt), abs=1e-4)

@@ -50,8 +50,8 @@ def test_loss_falls(tiny_data, tmp_path):
 
     held_out = load_split(tiny_data / "test_view.h5")
     frames = range(held_out.n_images)
-    empty = sum(psnr(held_out.backgrounds[i], held_out.images[i]) for i in frames) / len(frames)
-    empty_fg = sum(psnr(held_out.backgrounds[i], held_out.images[i], held_out.masks[i]) for i in frames) / len(frames)
+    empty = sum(psnr(held_out.background(i), held_out.image(i)) for i in frames) / len(frames)
+    empty_fg = sum(psnr(held_out.background(i), held_out.image(i), held_out.masks[i]) for i in frames) / len(frames)
     assert summary["splits"]["test_view"]["psnr"] > empty + 4.0, (summary["splits"]["test_view"]["psnr"], empty)
     assert summary["splits"]["test_view"]["psnr_fg"] > empty_fg + 5.0
 

@@ -1,6 +1,6 @@
 """Read and write A-NeRF ``.h5`` files (specs/anerf.md §1.1-1.2).
 
-Layout (what A-NeRF's ``write_to_h5py`` produces and what ``write_anerf_h5`` writes):
+Layout (what A-NeRF's ``write_to_h5py`` produces and what ``h5_write.write_anerf_h5`` writes):
 
 * ``img_shape`` int (4,) = ``(N, H, W, 3)``.
 * Image-like keys are flattened per image so that sampled pixels are one fancy-index away:
@@ -18,14 +18,13 @@ disk and are read one at a time (A-NeRF files reach tens of GB).
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from fast_anerf.errors import DataError, writing
+from fast_anerf.errors import DataError
 
 REQUIRED_KEYS = ("imgs", "masks", "img_shape", "kp3d", "bones", "skts", "c2ws", "focals")
 IMAGE_KEYS = ("imgs", "masks", "sampling_masks", "bkgds")  # read lazily, never loaded whole on open
@@ -122,6 +121,11 @@ class AnerfData:
             self._pid = os.getpid()
         return self._h5
 
+    @property
+    def handle(self) -> h5py.File:
+        """The open (read-only) HDF5 file, for streaming copies (``fast-anerf data subset``)."""
+        return self._file
+
     def close(self) -> None:
         """Close the file handle (the object can still reopen it lazily)."""
         if self._h5 is not None and self._pid == os.getpid():
@@ -143,7 +147,7 @@ class AnerfData:
         return f"AnerfData({str(self.path)!r}, {size}, n_poses={self.n_poses})"
 
     # ---------------------------------------------------------------------------------------------
-    def _read(self, key: str, index: Any = ()) -> np.ndarray:
+    def read(self, key: str, index: Any = ()) -> np.ndarray:
         """Read (part of) a dataset; HDF5 read failures become DataError naming the key."""
         try:
             return self._file[key][index]
@@ -175,7 +179,7 @@ class AnerfData:
         for key, (shape, _) in self.keys.items():
             if key in IMAGE_KEYS or key in self.extra_keys:
                 continue
-            arr = np.asarray(self._read(key))
+            arr = np.asarray(self.read(key))
             if key in _TEXT_KEYS and arr.dtype.kind in "SO":  # byte strings (img_paths) -> str
                 dec = [a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a) for a in arr.ravel()]
                 arr = np.array(dec).reshape(shape)
@@ -324,16 +328,16 @@ class AnerfData:
 
     def image(self, i: int) -> np.ndarray:
         """Image ``i`` as uint8 ``[H, W, 3]``."""
-        return self._read("imgs", self._check_index(i)).reshape(self.height, self.width, 3)
+        return self.read("imgs", self._check_index(i)).reshape(self.height, self.width, 3)
 
     def mask(self, i: int) -> np.ndarray:
         """Foreground mask of image ``i``, bool ``[H, W]``."""
-        return self._read("masks", self._check_index(i)).reshape(self.height, self.width) != 0
+        return self.read("masks", self._check_index(i)).reshape(self.height, self.width) != 0
 
     def sampling_mask(self, i: int) -> np.ndarray:
         """Pixels rays may be drawn from, bool ``[H, W]``: ``sampling_masks``, else the dilated mask."""
         if "sampling_masks" in self.keys:
-            return self._read("sampling_masks", self._check_index(i)).reshape(self.height, self.width) != 0
+            return self.read("sampling_masks", self._check_index(i)).reshape(self.height, self.width) != 0
         return dilate_mask(self.mask(i))
 
     def background(self, i: int) -> np.ndarray | None:
@@ -343,7 +347,7 @@ class AnerfData:
             return None
         b = int(self.arrays["bkgd_idxs"][i]) if "bkgd_idxs" in self.arrays else 0
         if b not in self._bkgd_cache:  # few distinct backgrounds (H36M: 8), reused by every image
-            self._bkgd_cache[b] = self._read("bkgds", b).reshape(self.height, self.width, 3)
+            self._bkgd_cache[b] = self.read("bkgds", b).reshape(self.height, self.width, 3)
         return self._bkgd_cache[b]
 
     def pixels(self, i: int, pixel_ids: np.ndarray) -> np.ndarray:
@@ -360,7 +364,7 @@ class AnerfData:
             raise IndexError(f"pixel ids must be in [0, {self.height * self.width}), got [{ids.min()}, {ids.max()}]")
         uniq, inverse = np.unique(ids, return_inverse=True)
         if self._imgs_flat:
-            rgb = self._read("imgs", (i, uniq))
+            rgb = self.read("imgs", (i, uniq))
         else:
             rgb = self.image(i).reshape(-1, 3)[uniq]
         return rgb[inverse.reshape(-1)]
@@ -382,14 +386,14 @@ class AnerfData:
         """All images in memory, for small files: ``imgs`` uint8 ``[N, H, W, 3]``, ``masks`` bool
         ``[N, H, W]``, ``sampling_masks`` bool ``[N, H, W]``, ``bkgds`` uint8 ``[N_bg, H, W, 3]`` or None."""
         n, h, w = self.n_images, self.height, self.width
-        masks = self._read("masks").reshape(n, h, w) != 0
+        masks = self.read("masks").reshape(n, h, w) != 0
         if "sampling_masks" in self.keys:
-            sampling = self._read("sampling_masks").reshape(n, h, w) != 0
+            sampling = self.read("sampling_masks").reshape(n, h, w) != 0
         else:
             sampling = dilate_mask(masks)
-        bkgds = self._read("bkgds").reshape(-1, h, w, 3) if "bkgds" in self.keys else None
+        bkgds = self.read("bkgds").reshape(-1, h, w, 3) if "bkgds" in self.keys else None
         return {
-            "imgs": self._read("imgs").reshape(n, h, w, 3),
+            "imgs": self.read("imgs").reshape(n, h, w, 3),
             "masks": masks,
             "sampling_masks": sampling,
             "bkgds": bkgds,
@@ -399,107 +403,3 @@ class AnerfData:
 def open_anerf_h5(path: str | os.PathLike) -> AnerfData:
     """Open and validate an A-NeRF ``.h5``; raises ``DataError`` (one line: file, key, expected, fix)."""
     return AnerfData(path)
-
-
-# -------------------------------------------------------------------------------------------------
-# Writing
-# -------------------------------------------------------------------------------------------------
-def _flat_images(path: Path, key: str, value: Any, hw: tuple[int, int], channels: int) -> np.ndarray:
-    """``[N, H, W(, C)]`` or ``[N, H*W(, C)]`` -> ``[N, H*W, C]`` uint8."""
-    a = np.asarray(value)
-    if a.dtype == bool or channels == 1:
-        a = (a != 0).astype(np.uint8)
-    elif a.dtype != np.uint8:
-        fix = "convert with (x * 255).round().astype(np.uint8)"
-        raise _err(path, f"key '{key}' has dtype {a.dtype}; expected uint8 images — {fix}")
-    if channels == 1 and ((a.ndim == 3 and a.shape[1:] == hw) or a.ndim == 2):
-        a = a[..., None]  # masks given without a channel axis
-    spatial_ok = a.ndim != 4 or a.shape[1:3] == hw
-    if a.ndim == 4:
-        a = a.reshape(a.shape[0], a.shape[1] * a.shape[2], a.shape[3])
-    if a.ndim != 3 or a.shape[2] != channels or a.shape[1] != hw[0] * hw[1] or not spatial_ok:
-        expected = f"(N, {hw[0]}, {hw[1]}, {channels}) or (N, {hw[0] * hw[1]}, {channels})"
-        raise _err(path, f"key '{key}' has shape {np.shape(value)}; expected {expected} — fix the images")
-    return np.ascontiguousarray(a)
-
-
-def _plain(value: Any) -> np.ndarray:
-    """Non-image values: floats -> float32, ints/bools -> int64, strings -> utf-8 bytes (A-NeRF's dtypes)."""
-    if isinstance(value, (str, bytes, os.PathLike)):
-        value = [value]
-    a = np.asarray(value)
-    is_obj_str = a.dtype.kind == "O" and a.size > 0 and isinstance(a.flat[0], (str, bytes, os.PathLike))
-    if is_obj_str or a.dtype.kind in "US":
-        enc = [v if isinstance(v, bytes) else os.fspath(v).encode("utf-8") for v in a.ravel()]
-        return np.array(enc, dtype=np.bytes_).reshape(a.shape)
-    if a.dtype.kind == "f":
-        return a.astype(np.float32)
-    if a.dtype.kind in "iub":
-        return a.astype(np.int64)
-    raise TypeError(f"cannot store a value of dtype {a.dtype} in an A-NeRF .h5")
-
-
-def write_anerf_h5(path: str | os.PathLike, data: dict[str, Any]) -> None:
-    """Write ``data`` as an A-NeRF ``.h5`` at ``path``, atomically.
-
-    Images (``imgs``, ``bkgds``: uint8; ``masks``, ``sampling_masks``: bool or {0,1}) may be
-    ``[N, H, W(, C)]`` or flattened ``[N, H*W(, C)]``; they are stored flattened, gzip, chunked as A-NeRF.
-    ``img_shape`` is derived from ``imgs`` if absent (needed when ``imgs`` is flattened). Other values:
-    floats -> float32, ints/bools -> int64, strings (``img_paths``) -> utf-8 bytes.
-
-    The file is written under a temporary name in the same folder and renamed, so an interrupted write never
-    leaves a partial file and never damages an older file at ``path``. Raises ``DataError`` if a required key
-    is missing or the images disagree with ``img_shape``.
-    """
-    path = Path(path)
-    for key in REQUIRED_KEYS:
-        if key not in data and key != "img_shape":
-            required = ", ".join(k for k in REQUIRED_KEYS if k != "img_shape")
-            raise _err(path, f"cannot write: missing required key '{key}' (required: {required}) — add it")
-    imgs = np.asarray(data["imgs"])
-    if "img_shape" in data:
-        shape = tuple(int(s) for s in np.asarray(data["img_shape"]).reshape(-1))
-    elif imgs.ndim == 4:
-        shape = tuple(int(s) for s in imgs.shape)
-    else:
-        raise _err(
-            path,
-            "cannot write: key 'imgs' is flattened and 'img_shape' is missing — pass img_shape (N, H, W, 3)",
-        )
-    if len(shape) != 4 or shape[3] != 3 or imgs.shape[0] != shape[0]:
-        raise _err(
-            path,
-            f"cannot write: key 'img_shape' is {shape} but imgs has shape {imgs.shape}; expected (N, H, W, 3)"
-            " — fix img_shape or the images",
-        )
-    hw = (shape[1], shape[2])
-
-    with writing(path):  # a full disk or a read-only folder: one line naming the file; an old file stays
-        _write_h5_atomic(path, data, shape, hw)
-
-
-def _write_h5_atomic(path: Path, data: dict[str, Any], shape: tuple[int, ...], hw: tuple[int, int]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder: os.replace is then a rename on one filesystem. Unique: parallel writers don't collide.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("img_shape", data=np.asarray(shape, np.int64))
-            for key, value in data.items():
-                if key in ("img_shape", "index", "img_path"):  # A-NeRF drops per-sample bookkeeping keys
-                    continue
-                if key in IMAGE_KEYS:
-                    c = 3 if key in ("imgs", "bkgds") else 1
-                    a = _flat_images(path, key, value, hw, c)
-                    chunk = (1, a.shape[1], c) if key == "sampling_masks" else (1, min(64 * 64, a.shape[1]), c)
-                    f.create_dataset(key, data=a, compression="gzip", chunks=chunk)
-                else:
-                    a = _plain(value)
-                    kw = {"compression": "gzip"} if a.ndim and a.size else {}  # scalars cannot be chunked
-                    f.create_dataset(key, data=a, **kw)
-        with open(tmp, "rb") as fh:  # the rename is only atomic if the data reached the disk first
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

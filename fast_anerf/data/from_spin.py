@@ -63,8 +63,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fast_anerf.data.anerf_h5 import dilate_mask, write_anerf_h5
+from fast_anerf.data.anerf_h5 import dilate_mask
 from fast_anerf.data.background import static_background
+from fast_anerf.data.h5_write import write_anerf_h5
 from fast_anerf.data.rays import bounding_cylinder
 from fast_anerf.errors import DataError, UserError
 from fast_anerf.skeleton import axis_angle_to_matrix, matrix_to_axis_angle

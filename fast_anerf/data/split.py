@@ -1,8 +1,11 @@
-"""A data split (one A-NeRF .h5) in memory as tensors, and the training ray pool drawn from it.
+"""A data split (one A-NeRF .h5) in memory, and the training ray pool drawn from it.
 
-The built-in character and typical A-NeRF subsets are small enough (100 frames at 128^2 = 5 MB) to hold in
-memory; every ray a batch may draw (pixels inside the dilated sampling masks, A-NeRF §1.5) is precomputed
-once, so drawing a batch is pure indexing.
+Memory is what limits the data a user can train on: A-NeRF's SURREAL file holds 10,800 images of 512^2 and
+its Mixamo and H36M frames are ~1000^2 (specs/anerf.md §1.3). So a split keeps the images as the file stores
+them (uint8, 3 bytes per pixel), the foreground masks as bool, and of the sampling masks only the flat ids
+of their pixels (int32, for the ~15 % of pixels rays are drawn from); rays and float colours are made per
+batch. ``scripts/bench_data_memory.py`` measures it: ~1.2 MB per 512^2 image, where float images and
+precomputed rays took ~8.
 """
 
 from __future__ import annotations
@@ -13,20 +16,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fast_anerf.data.anerf_h5 import open_anerf_h5
+from fast_anerf.data.anerf_h5 import dilate_mask, open_anerf_h5
 from fast_anerf.data.rays import pixel_rays
 from fast_anerf.errors import DataError
+
+_READ_BLOCK = 64  # images per read of the masks: bounds the transient uint8 copy of big files
 
 
 @dataclass
 class Split:
-    """One .h5 in memory. Images ``[N, H, W, 3]`` float in [0, 1]; poses per pose row ``P``."""
+    """One .h5 in memory. ``N`` images of ``H x W``; poses per pose row ``P``.
+
+    Colours are uint8 as stored; ``image``, ``background``, ``rgb_at`` and ``background_at`` give floats in
+    [0, 1]. Trainable pixels (A-NeRF's dilated sampling masks) are ``sample_pixels``, flat ``v * W + u``,
+    image-major: image ``i`` owns ``sample_counts[i]`` consecutive entries.
+    """
 
     path: Path
-    images: torch.Tensor  # [N, H, W, 3]
-    masks: torch.Tensor  # [N, H, W] bool
-    sampling_masks: torch.Tensor  # [N, H, W] bool
-    backgrounds: torch.Tensor  # [N, H, W, 3] (a view of the few distinct backgrounds)
+    images_u8: torch.Tensor  # [N, H, W, 3] uint8
+    masks: torch.Tensor  # [N, H, W] bool foreground
+    sample_pixels: torch.Tensor  # [R] int32, flat pixel ids inside the sampling masks, image-major
+    sample_counts: torch.Tensor  # [N] long
+    bkgds_u8: torch.Tensor | None  # [N_bg, H, W, 3] uint8 distinct backgrounds; None = white
+    bkgd_idxs: torch.Tensor  # [N] long row of bkgds_u8 of each image
     c2ws: torch.Tensor  # [N, 4, 4]
     focals: torch.Tensor  # [N]
     centers: torch.Tensor  # [N, 2]
@@ -42,34 +54,85 @@ class Split:
 
     @property
     def n_images(self) -> int:
-        return self.images.shape[0]
+        return self.images_u8.shape[0]
 
     @property
     def height(self) -> int:
-        return self.images.shape[1]
+        return self.images_u8.shape[1]
 
     @property
     def width(self) -> int:
-        return self.images.shape[2]
+        return self.images_u8.shape[2]
+
+    def image(self, i: int) -> torch.Tensor:
+        """Image ``i`` as float ``[H, W, 3]`` in [0, 1]."""
+        return self.images_u8[i].float() / 255.0
+
+    def background(self, i: int) -> torch.Tensor:
+        """Background of image ``i``, float ``[H, W, 3]`` in [0, 1] (white when the file has none)."""
+        if self.bkgds_u8 is None:  # A-NeRF's Mixamo files: white background set in memory
+            return torch.ones(self.height, self.width, 3)
+        return self.bkgds_u8[self.bkgd_idxs[i]].float() / 255.0
+
+    def rgb_at(self, image_idx: torch.Tensor, pixel_ids: torch.Tensor) -> torch.Tensor:
+        """Colours ``[B, 3]`` in [0, 1] of pixels ``pixel_ids [B]`` (flat) of images ``image_idx [B]``."""
+        return self.images_u8.view(self.n_images, -1, 3)[image_idx, pixel_ids].float() / 255.0
+
+    def background_at(self, image_idx: torch.Tensor, pixel_ids: torch.Tensor) -> torch.Tensor:
+        """Background colours ``[B, 3]`` in [0, 1] behind the same pixels as ``rgb_at``."""
+        if self.bkgds_u8 is None:
+            return torch.ones(image_idx.numel(), 3)
+        flat = self.bkgds_u8.view(self.bkgds_u8.shape[0], -1, 3)
+        return flat[self.bkgd_idxs[image_idx], pixel_ids].float() / 255.0
+
+
+def available_memory() -> int | None:
+    """Bytes the system can still give this process (Linux ``MemAvailable``); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_fits_in_memory(path: Path, n: int, h: int, w: int) -> None:
+    """Refuse (``DataError``) a split whose images and masks alone (4 bytes per pixel) exceed the free memory:
+    the process would be killed part-way through reading, minutes in, with no message."""
+    need, free = n * h * w * 4, available_memory()
+    if free is not None and need > free:
+        raise DataError(
+            f"{path}: {n} images of {w}x{h} need at least {need / 2**30:.1f} GB in memory but "
+            f"{free / 2**30:.1f} GB are free; train on part of them, e.g. `fast-anerf data subset {path} "
+            f"--select ::{-(-need // free) + 1} --out SUBSET.h5` (or --cameras), or use a machine with more memory"
+        )
 
 
 def load_split(path: Path) -> Split:
-    """Read and validate an A-NeRF .h5 into memory (``DataError`` on bad files)."""
+    """Read and validate an A-NeRF .h5 into memory (``DataError`` on bad files, or too big for the memory)."""
     with open_anerf_h5(path) as data:
-        everything = data.load_all()
         arrays = data.arrays
         n, h, w = data.n_images, data.height, data.width
-        if everything["bkgds"] is not None:
-            bg_idx = arrays.get("bkgd_idxs", np.zeros(n, np.int64)).astype(np.int64)
-            if bg_idx.min() < 0 or bg_idx.max() >= everything["bkgds"].shape[0]:
-                raise DataError(
-                    f"{path}: key 'bkgd_idxs' points past the {everything['bkgds'].shape[0]} "
-                    "backgrounds in 'bkgds'; fix the indices"
-                )
-            bkgds = torch.from_numpy(everything["bkgds"]).float() / 255.0
-            backgrounds = bkgds[torch.from_numpy(bg_idx)]
-        else:  # A-NeRF's Mixamo files: white background set in memory
-            backgrounds = torch.ones(1, h, w, 3).expand(n, h, w, 3)
+        check_fits_in_memory(Path(path), n, h, w)
+        bkgds = data.read("bkgds").reshape(-1, h, w, 3) if "bkgds" in data.keys else None
+        bkgd_idxs = np.asarray(arrays.get("bkgd_idxs", np.zeros(n, np.int64)), np.int64)
+        if bkgds is not None and (bkgd_idxs.min() < 0 or bkgd_idxs.max() >= bkgds.shape[0]):
+            raise DataError(
+                f"{path}: key 'bkgd_idxs' points past the {bkgds.shape[0]} backgrounds in 'bkgds'; fix the indices"
+            )
+        masks = np.empty((n, h, w), bool)
+        pixels, counts = [], np.empty(n, np.int64)
+        for a in range(0, n, _READ_BLOCK):  # masks in blocks: never a whole-file uint8 copy beside the bools
+            b = min(n, a + _READ_BLOCK)
+            masks[a:b] = data.read("masks", slice(a, b)).reshape(b - a, h, w) != 0
+            if "sampling_masks" in data.keys:
+                sampling = data.read("sampling_masks", slice(a, b)).reshape(b - a, -1) != 0
+            else:  # A-NeRF's rule for files without them: the mask dilated 5x5 twice
+                sampling = dilate_mask(masks[a:b]).reshape(b - a, -1)
+            counts[a:b] = sampling.sum(axis=1)
+            pixels.append(np.nonzero(sampling)[1].astype(np.int32))  # row-major: image-major, as promised
         centers = np.array([data.center(i) for i in range(n)], np.float32)
         focals = np.array(arrays["focals"], np.float32).reshape(n)  # the reader gives one camera per image
         c2ws = np.array(arrays["c2ws"], np.float32).reshape(n, 4, 4)
@@ -77,10 +140,12 @@ def load_split(path: Path) -> Split:
         ext = arrays.get("ext_scale")
         return Split(
             path=Path(path),
-            images=torch.from_numpy(everything["imgs"]).float() / 255.0,
-            masks=torch.from_numpy(everything["masks"]),
-            sampling_masks=torch.from_numpy(everything["sampling_masks"]),
-            backgrounds=backgrounds,
+            images_u8=torch.from_numpy(data.read("imgs").reshape(n, h, w, 3)),
+            masks=torch.from_numpy(masks),
+            sample_pixels=torch.from_numpy(np.concatenate(pixels)),
+            sample_counts=torch.from_numpy(counts),
+            bkgds_u8=torch.from_numpy(bkgds) if bkgds is not None else None,
+            bkgd_idxs=torch.from_numpy(bkgd_idxs if bkgds is not None else np.zeros(n, np.int64)),
             c2ws=torch.from_numpy(c2ws),
             focals=torch.from_numpy(focals),
             centers=torch.from_numpy(centers),
@@ -97,12 +162,13 @@ def load_split(path: Path) -> Split:
 
 
 class RayPool:
-    """Every trainable ray of a split, precomputed, with A-NeRF's batch sampling.
+    """Every trainable ray of a split, with A-NeRF's batch sampling.
 
     A batch takes ``images_per_batch`` distinct images (a random permutation cycled so every image is used
     once per epoch, as A-NeRF's ``RayImageSampler``) and ``rays_per_batch // images_per_batch`` pixels of
-    each, uniformly inside its sampling mask. All randomness comes from ``generator``, whose state (with
-    ``state_dict``) makes resumed runs identical to uninterrupted ones.
+    each, uniformly inside its sampling mask. Rays and colours are made for the batch's pixels only (a few
+    thousand per step), not stored for every trainable pixel. All randomness comes from ``generator``, whose
+    state (with ``state_dict``) makes resumed runs identical to uninterrupted ones.
     """
 
     def __init__(self, split: Split, rays_per_batch: int, images_per_batch: int, generator: torch.Generator):
@@ -110,31 +176,25 @@ class RayPool:
         self.generator = generator
         self.images_per_batch = min(images_per_batch, split.n_images)
         self.rays_per_image = max(1, rays_per_batch // self.images_per_batch)
-        flat_masks = split.sampling_masks.reshape(split.n_images, -1)
-        counts = flat_masks.sum(dim=1)
+        counts = split.sample_counts
         if int(counts.min()) == 0:
             empty = int((counts == 0).nonzero()[0])
             raise DataError(
                 f"{split.path}: key 'sampling_masks' (or 'masks') of image {empty} is empty; "
                 "every training image needs foreground pixels — fix or drop that frame"
             )
-        image_idx, pixel_ids = flat_masks.nonzero(as_tuple=True)  # sorted by image
         self.counts = counts
         self.starts = torch.cumsum(counts, 0) - counts
-        self.image_idx = image_idx
-        self.rays_o, self.rays_d = pixel_rays(
-            split.c2ws[image_idx], split.focals[image_idx], split.centers[image_idx], pixel_ids, split.width
-        )
-        self.rgb = split.images.reshape(split.n_images, -1, 3)[image_idx, pixel_ids]
-        self.background = split.backgrounds.reshape(split.n_images, -1, 3)[image_idx, pixel_ids]
         self._perm = torch.randperm(split.n_images, generator=generator)
         self._cursor = 0
 
     def __len__(self) -> int:
-        return self.image_idx.numel()
+        return self.split.sample_pixels.numel()
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        """``rays_o, rays_d, rgb, background [B, 3]``, ``image_idx [B]`` (B = images x rays per image)."""
+        """``rays_o, rays_d, rgb, background [B, 3]``; ``image_idx``, ``pixel_ids`` (flat) ``[B]`` long.
+
+        B = images per batch x rays per image, grouped by image in increasing order."""
         if self._cursor + self.images_per_batch > self.split.n_images:
             self._perm = torch.randperm(self.split.n_images, generator=self.generator)
             self._cursor = 0
@@ -142,13 +202,19 @@ class RayPool:
         self._cursor += self.images_per_batch
         u = torch.rand(images.numel(), self.rays_per_image, generator=self.generator)
         local = (u * self.counts[images, None]).long().clamp_max(self.counts[images, None] - 1)
-        idx = (self.starts[images, None] + local).reshape(-1)
+        pixel_ids = self.split.sample_pixels[(self.starts[images, None] + local).reshape(-1)].long()
+        image_idx = images.repeat_interleave(self.rays_per_image)
+        split = self.split
+        rays_o, rays_d = pixel_rays(
+            split.c2ws[image_idx], split.focals[image_idx], split.centers[image_idx], pixel_ids, split.width
+        )
         return {
-            "rays_o": self.rays_o[idx],
-            "rays_d": self.rays_d[idx],
-            "rgb": self.rgb[idx],
-            "background": self.background[idx],
-            "image_idx": self.image_idx[idx],
+            "rays_o": rays_o,
+            "rays_d": rays_d,
+            "rgb": split.rgb_at(image_idx, pixel_ids),
+            "background": split.background_at(image_idx, pixel_ids),
+            "image_idx": image_idx,
+            "pixel_ids": pixel_ids,
         }
 
     def state_dict(self) -> dict:

@@ -54,7 +54,8 @@ import torch
 import trimesh
 
 from fast_anerf.data import motions
-from fast_anerf.data.anerf_h5 import dilate_mask, write_anerf_h5
+from fast_anerf.data.anerf_h5 import dilate_mask
+from fast_anerf.data.h5_write import write_anerf_h5
 from fast_anerf.data.rays import bounding_cylinder, image_rays
 from fast_anerf.errors import UserError, writing
 from fast_anerf.skeleton import axis_angle_to_matrix, matrix_to_axis_angle, pose_skeleton

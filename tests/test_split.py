@@ -1,0 +1,109 @@
+"""The in-memory split and the training ray pool, checked against the .h5 file read independently."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fast_anerf.data.anerf_h5 import dilate_mask, open_anerf_h5
+from fast_anerf.data.h5_write import write_anerf_h5
+from fast_anerf.data.rays import pixel_rays
+from fast_anerf.data.split import RayPool, load_split
+
+
+@pytest.fixture(scope="module")
+def two_backgrounds(tiny_data, tmp_path_factory) -> Path:
+    """tiny_data's train.h5 with two random backgrounds (``bkgds`` + ``bkgd_idxs``) and no ``sampling_masks``."""
+    with open_anerf_h5(tiny_data / "train.h5") as data:
+        everything, arrays, n = data.load_all(), dict(data.arrays), data.n_images
+    rng = np.random.default_rng(1)
+    out = tmp_path_factory.mktemp("split") / "bg.h5"
+    keep = ("kp3d", "bones", "skts", "c2ws", "focals", "centers", "rest_pose", "cyls", "ext_scale")
+    write_anerf_h5(out, {
+        **{k: arrays[k] for k in keep if k in arrays},
+        "imgs": everything["imgs"],
+        "masks": everything["masks"],
+        "bkgds": rng.integers(0, 256, (2, *everything["imgs"].shape[1:]), dtype=np.uint8),
+        "bkgd_idxs": np.arange(n) % 2,
+    })  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("name", ["train", "two_backgrounds"])
+def test_ray_pool_batches_equal_the_file(name, tiny_data, two_backgrounds):
+    """Every drawn ray: the pixel lies in the image's sampling mask (the stored one, or the dilated mask when the
+    file has none), its colour and background are the file's, its ray is that camera's ray through the pixel;
+    each batch has ``images_per_batch`` distinct images with equal ray counts, and an epoch uses every image."""
+    path = tiny_data / "train.h5" if name == "train" else two_backgrounds
+    split = load_split(path)
+    pool = RayPool(split, rays_per_batch=60, images_per_batch=4, generator=torch.Generator().manual_seed(0))
+    assert split.images_u8.dtype == torch.uint8 and split.sample_pixels.dtype == torch.int32
+    with open_anerf_h5(path) as data:
+        assert len(pool) == sum(int(data.sampling_mask(i).sum()) for i in range(data.n_images))
+        seen = []
+        for _ in range(2):  # 8 images, 4 per batch: one epoch
+            batch = pool.next_batch()
+            images = batch["image_idx"].unique()
+            assert len(images) == 4 and (batch["image_idx"].bincount(minlength=8)[images] == 15).all()
+            seen += images.tolist()
+            for i in images.tolist():
+                rows = batch["image_idx"] == i
+                ids = batch["pixel_ids"][rows].numpy()
+                assert data.sampling_mask(i).reshape(-1)[ids].all()
+                c2w = torch.as_tensor(data.arrays["c2ws"][i]).float()
+                ref_o, ref_d = pixel_rays(c2w, float(data.arrays["focals"][i]), data.center(i), ids, data.width)
+                torch.testing.assert_close(batch["rays_o"][rows], ref_o, rtol=0, atol=1e-6)
+                torch.testing.assert_close(batch["rays_d"][rows], ref_d, rtol=0, atol=1e-6)
+                np.testing.assert_array_equal(batch["rgb"][rows].numpy() * 255, data.pixels(i, ids).astype(np.float32))
+                bg = data.background(i)
+                want = np.full((len(ids), 3), 255.0) if bg is None else bg.reshape(-1, 3)[ids].astype(np.float64)
+                np.testing.assert_allclose(batch["background"][rows].numpy() * 255, want, atol=1e-4)
+        assert sorted(seen) == list(range(8))
+    if name == "two_backgrounds":  # the backgrounds differ by image, as bkgd_idxs says
+        assert not torch.equal(split.background(0), split.background(1))
+        assert torch.equal(split.background(0), split.background(2))
+
+
+def test_ray_pool_draws_the_trainable_pixels_uniformly(tiny_data):
+    """Over many batches, every pixel of an image's sampling mask is drawn, about equally often, and no other."""
+    split = load_split(tiny_data / "train.h5")
+    pool = RayPool(split, rays_per_batch=8 * 1000, images_per_batch=8, generator=torch.Generator().manual_seed(1))
+    hits = torch.zeros(split.n_images, split.height * split.width)
+    for _ in range(40):
+        b = pool.next_batch()
+        hits.index_put_((b["image_idx"], b["pixel_ids"]), torch.ones(len(b["pixel_ids"])), accumulate=True)
+    with open_anerf_h5(tiny_data / "train.h5") as data:
+        for i in range(split.n_images):
+            inside = torch.from_numpy(data.sampling_mask(i).reshape(-1))
+            assert (hits[i][~inside] == 0).all() and (hits[i][inside] > 0).all()
+            expected = 40 * 1000 / int(inside.sum())  # draws per pixel
+            # Uniform draws give Poisson counts (std = sqrt(mean)); a biased draw spreads them much wider.
+            assert float(hits[i][inside].std()) < 1.3 * expected**0.5
+
+
+def test_split_without_sampling_masks_uses_the_dilated_masks(two_backgrounds):
+    split = load_split(two_backgrounds)
+    with open_anerf_h5(two_backgrounds) as data:
+        assert "sampling_masks" not in data.keys
+        expected = [np.flatnonzero(dilate_mask(data.mask(i))) for i in range(data.n_images)]
+    np.testing.assert_array_equal(split.sample_pixels.numpy(), np.concatenate(expected))
+    np.testing.assert_array_equal(split.sample_counts.numpy(), [len(e) for e in expected])
+
+
+def test_data_larger_than_the_free_memory_is_refused_before_reading(tiny_data, tmp_path, monkeypatch, capsys):
+    """Training on a file whose images alone exceed the free memory: one line with the sizes and the subset
+    command that fits, exit 2, no run folder; instead of the process being killed part-way through reading."""
+    import fast_anerf.data.split as split_module
+    from fast_anerf.cli import entrypoint
+
+    need = 8 * 48 * 48 * 4  # tiny_data's train.h5: 8 images of 48x48, 4 bytes per pixel
+    monkeypatch.setattr(split_module, "available_memory", lambda: need // 3)
+    out = tmp_path / "run"
+    assert entrypoint(["train", "--data", str(tiny_data / "train.h5"), "--out", str(out), "--steps", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "8 images of 48x48 need at least 0.0 GB in memory but 0.0 GB are free" in err and "\n" not in err
+    assert f"fast-anerf data subset {tiny_data / 'train.h5'} --select ::4 --out SUBSET.h5" in err
+    assert not out.exists()
+    monkeypatch.setattr(split_module, "available_memory", lambda: need)  # exactly enough: loads
+    assert split_module.load_split(tiny_data / "train.h5").n_images == 8
