@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from fast_anerf.data.rays import bounding_cylinder, project_points
-from fast_anerf.data.split import Split, load_split
+from fast_anerf.data.split import Split, load_poses, load_split
 from fast_anerf.errors import UserError
 
 
@@ -80,7 +80,8 @@ def evaluate_split(model, split: Split, settings, max_frames: int | None = None,
     """Render frames of a split with its poses and cameras (mean appearance code) and score them.
 
     Returns a dict with mean ``psnr``, ``ssim``, ``psnr_fg``, ``ssim_fg``, ``frames``, ``seconds_per_frame``
-    and per-frame lists, plus ``images`` (list of ``(pred, gt)`` ``[H, W, 3]`` tensors) under ``_images``.
+    and per-frame lists, plus the first frame's ``(pred, gt)`` ``[H, W, 3]`` under ``_preview`` (only that one
+    is kept: held-out splits of A-NeRF's data have hundreds of 512^2 frames).
     """
     from fast_anerf.renderer import render_image
 
@@ -89,7 +90,7 @@ def evaluate_split(model, split: Split, settings, max_frames: int | None = None,
     frames = torch.linspace(0, n - 1, count).round().long().unique().tolist()
     per_frame: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "psnr_box", "ssim_box", "psnr_fg", "ssim_fg")}
     pad = 250.0 * (split.ext_scale or 0.001)  # A-NeRF's cylinder margin: 250 mm
-    images = []
+    preview = None
     start = time.perf_counter()
     for i in frames:
         skts = split.skts[split.pose_idxs[i]]
@@ -118,7 +119,7 @@ def evaluate_split(model, split: Split, settings, max_frames: int | None = None,
         per_frame["ssim_box"].append(ssim(pred[rows, cols], gt[rows, cols]))
         per_frame["psnr_fg"].append(psnr(pred, gt, mask) if mask.any() else math.nan)
         per_frame["ssim_fg"].append(ssim(pred, gt, mask) if mask.any() else math.nan)
-        images.append((pred, gt))
+        preview = preview or (pred, gt)
     elapsed = time.perf_counter() - start
     result = {key: float(torch.tensor(values).nanmean()) for key, values in per_frame.items()}
     result.update(
@@ -126,7 +127,7 @@ def evaluate_split(model, split: Split, settings, max_frames: int | None = None,
         seconds_per_frame=elapsed / max(len(frames), 1),
         frame_indices=frames,
         per_frame=per_frame,
-        _images=images,
+        _preview=preview,
     )
     return result
 
@@ -222,7 +223,7 @@ def refined_pose_errors(ckpt: dict) -> dict | None:
     if not path.is_file():
         print(f"pose errors: skipped, the training data {path} is not there any more")
         return None
-    split = load_split(path)
+    split = load_poses(path)  # the poses only: the images of a big training file are not needed here
     n_rows = state["root"].shape[0]
     if split.gt_kp3d is None or split.gt_kp3d.shape != split.kp3d.shape or split.kp3d.shape[0] != n_rows:
         print(f"pose errors: skipped, {path} has no gt_kp3d for its {n_rows} poses")

@@ -315,7 +315,7 @@ class Trainer:
 
     def _preview(self, results: dict[str, dict], writer) -> None:
         for name, result in results.items():
-            pred, gt = result["_images"][0]
+            pred, gt = result["_preview"]
             image = (torch.cat([pred, gt], dim=1).numpy() * 255).round().astype(np.uint8)
             write_png_atomic(self.out / "previews" / f"{name}_step{self.step:06d}.png", image)
             if writer is not None:
