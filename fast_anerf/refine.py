@@ -44,7 +44,7 @@ def run_refine(args) -> dict:
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
-    split = load_split(args.data)
+    split = load_split(args.data, keep_masks=False)
     generator = torch.Generator().manual_seed(args.seed)
     pool = RayPool(split, args.rays_per_batch, min(64, split.n_images), generator)
     poses = RefinablePoses(split.bones, split.kp3d[:, 0], model.rest_pose.cpu()).to(device)

@@ -117,7 +117,7 @@ class Trainer:
         elif resume_state is not None and args.data is None and resume_state.get("eval_data"):
             # The run's own held-out data (its "data" is the training .h5 alone, whose folder may hold none).
             self.eval_dir = Path(resume_state["eval_data"])
-        self.split = load_split(self.train_path)
+        self.split = load_split(self.train_path, keep_masks=False)
         # Adam's moments of rarely touched hash entries decay into denormal floats within ~1000 steps, which
         # slow CPU arithmetic ~10x (measured: 0.16 s -> 1.2 s per step); flush them to zero instead.
         torch.set_flush_denormal(True)

@@ -51,7 +51,7 @@ def test_report_and_sheet(tmp_path, extra):
     sheet = tmp_path / "sub" / "sheet.png"
     report = inspect_file(tmp_path / "a.h5", sheet, n_frames=4)
     assert f"{N} images" in report and f"{H}x{W}" in report
-    assert "training holds at least 25.0 kB in memory" in report  # 5 x 40 x 32 pixels x 4 bytes = 25,600 bytes
+    assert "training holds at least 18.8 kB in memory" in report  # 5 x 40 x 32 pixels x 3 bytes = 19,200 bytes
     for key in list(data) + ["img_shape"]:
         assert key in report, key
     if extra:

@@ -97,13 +97,13 @@ def test_data_larger_than_the_free_memory_is_refused_before_reading(tiny_data, t
     import fast_anerf.data.split as split_module
     from fast_anerf.cli import entrypoint
 
-    need = 8 * 48 * 48 * 4  # tiny_data's train.h5: 8 images of 48x48, 4 bytes per pixel
+    need = 8 * 48 * 48 * 3  # tiny_data's train.h5: 8 images of 48x48, 3 bytes per pixel (training keeps no masks)
     monkeypatch.setattr(split_module, "available_memory", lambda: need // 3)
     out = tmp_path / "run"
     assert entrypoint(["train", "--data", str(tiny_data / "train.h5"), "--out", str(out), "--steps", "5"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "8 images of 48x48 need at least 0.0 GB in memory but 0.0 GB are free" in err and "\n" not in err
+    assert "8 images of 48x48 need at least 54.0 kB in memory but 18.0 kB are free" in err and "\n" not in err
     assert f"fast-anerf data subset {tiny_data / 'train.h5'} --select ::4 --out SUBSET.h5" in err
     assert not out.exists()
     monkeypatch.setattr(split_module, "available_memory", lambda: need)  # exactly enough: loads
-    assert split_module.load_split(tiny_data / "train.h5").n_images == 8
+    assert split_module.load_split(tiny_data / "train.h5", keep_masks=False).n_images == 8

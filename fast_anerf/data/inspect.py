@@ -19,7 +19,7 @@ import torch
 
 from fast_anerf.data.anerf_h5 import open_anerf_h5
 from fast_anerf.data.rays import project_points
-from fast_anerf.data.split import least_memory
+from fast_anerf.data.split import human_size, least_memory
 from fast_anerf.errors import writing
 from fast_anerf.media import draw_segment
 from fast_anerf.skeleton import SMPL_JOINT_NAMES, SMPL_PARENTS, bone_lengths
@@ -125,16 +125,6 @@ def write_contact_sheet(data, sheet_path: Path, n_frames: int = 16) -> list[int]
     return idxs
 
 
-def _size(n_bytes: float) -> str:
-    """``25.0 kB``, ``1.3 GB``: binary units, one decimal."""
-    value, unit = n_bytes / 1024, "kB"
-    for bigger in ("MB", "GB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{value:.1f} {unit}"
-
-
 def inspect_file(path: str | os.PathLike, sheet_path: Path | None = None, n_frames: int = 16) -> str:
     """Describe an A-NeRF ``.h5`` and optionally draw a contact sheet.
 
@@ -151,8 +141,8 @@ def inspect_file(path: str | os.PathLike, sheet_path: Path | None = None, n_fram
         lines = [
             f"{data.path}",
             f"  frames: {data.n_images} images, {data.height}x{data.width} px, {data.n_poses} poses",
-            f"  training holds at least {_size(least_memory(data.n_images, data.height, data.width))} in memory "
-            "(images as uint8, masks); `fast-anerf data subset` writes a smaller file",
+            f"  training holds at least {human_size(least_memory(data.n_images, data.height, data.width, False))} in "
+            "memory (the images as uint8); `fast-anerf data subset` writes a smaller file",
             "  keys:",
         ]
         lines += [f"    {k:<16} {str(shape):<22} {dtype}" for k, (shape, dtype) in sorted(data.keys.items())]

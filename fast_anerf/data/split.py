@@ -4,8 +4,8 @@ Memory is what limits the data a user can train on: A-NeRF's SURREAL file holds 
 its Mixamo and H36M frames are ~1000^2 (specs/anerf.md §1.3). So a split keeps the images as the file stores
 them (uint8, 3 bytes per pixel), the foreground masks as bool, and of the sampling masks only the flat ids
 of their pixels (int32, for the ~15 % of pixels rays are drawn from); rays and float colours are made per
-batch. ``scripts/bench_data_memory.py`` measures it: ~1.2 MB per 512^2 image, where float images and
-precomputed rays took ~8.
+batch; training does not keep the masks at all. ``scripts/bench_data_memory.py`` measures it: ~1.1 MB per
+512^2 image, where float images and precomputed rays took ~8.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Split:
 
     path: Path
     images_u8: torch.Tensor  # [N, H, W, 3] uint8
-    masks: torch.Tensor  # [N, H, W] bool foreground
+    masks: torch.Tensor | None  # [N, H, W] bool foreground; None when loaded for training only
     sample_pixels: torch.Tensor  # [R] int32, flat pixel ids inside the sampling masks, image-major
     sample_counts: torch.Tensor  # [N] long
     bkgds_u8: torch.Tensor | None  # [N_bg, H, W, 3] uint8 distinct backgrounds; None = white
@@ -98,45 +98,62 @@ def available_memory() -> int | None:
     return None
 
 
-def least_memory(n: int, h: int, w: int) -> int:
-    """Bytes a split of ``n`` images of ``h x w`` holds at least: RGB uint8 and a bool mask, 4 per pixel (the
-    trainable pixels' ids add 4 bytes each, ~15 % of the pixels on the built-in character)."""
-    return n * h * w * 4
+def human_size(n_bytes: float) -> str:
+    """``25.0 kB``, ``1.3 GB``: binary units, one decimal."""
+    value, unit = n_bytes / 1024, "kB"
+    for bigger in ("MB", "GB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
 
 
-def check_fits_in_memory(path: Path, n: int, h: int, w: int) -> None:
-    """Refuse (``DataError``) a split whose images and masks alone exceed the free memory: the process would
+def least_memory(n: int, h: int, w: int, masks: bool) -> int:
+    """Bytes a split of ``n`` images of ``h x w`` holds at least: RGB uint8, 3 per pixel, and with ``masks`` a
+    bool mask, 1 more (the trainable pixels' ids add 4 bytes each, ~15 % of the built-in character's pixels)."""
+    return n * h * w * (4 if masks else 3)
+
+
+def check_fits_in_memory(path: Path, n: int, h: int, w: int, masks: bool) -> None:
+    """Refuse (``DataError``) a split whose images (and masks) alone exceed the free memory: the process would
     be killed part-way through reading, minutes in, with no message."""
-    need, free = least_memory(n, h, w), available_memory()
+    need, free = least_memory(n, h, w, masks), available_memory()
     if free is not None and need > free:
         raise DataError(
-            f"{path}: {n} images of {w}x{h} need at least {need / 2**30:.1f} GB in memory but "
-            f"{free / 2**30:.1f} GB are free; train on part of them, e.g. `fast-anerf data subset {path} "
+            f"{path}: {n} images of {w}x{h} need at least {human_size(need)} in memory but "
+            f"{human_size(free)} are free; train on part of them, e.g. `fast-anerf data subset {path} "
             f"--select ::{-(-need // free) + 1} --out SUBSET.h5` (or --cameras), or use a machine with more memory"
         )
 
 
-def load_split(path: Path) -> Split:
-    """Read and validate an A-NeRF .h5 into memory (``DataError`` on bad files, or too big for the memory)."""
+def load_split(path: Path, keep_masks: bool = True) -> Split:
+    """Read and validate an A-NeRF .h5 into memory (``DataError`` on bad files, or too big for the memory).
+
+    ``keep_masks=False`` (training, refinement: only the trainable pixels are needed) leaves ``masks`` None.
+    """
     with open_anerf_h5(path) as data:
         arrays = data.arrays
         n, h, w = data.n_images, data.height, data.width
-        check_fits_in_memory(Path(path), n, h, w)
+        check_fits_in_memory(Path(path), n, h, w, keep_masks)
         bkgds = data.read("bkgds").reshape(-1, h, w, 3) if "bkgds" in data.keys else None
         bkgd_idxs = np.asarray(arrays.get("bkgd_idxs", np.zeros(n, np.int64)), np.int64)
         if bkgds is not None and (bkgd_idxs.min() < 0 or bkgd_idxs.max() >= bkgds.shape[0]):
             raise DataError(
                 f"{path}: key 'bkgd_idxs' points past the {bkgds.shape[0]} backgrounds in 'bkgds'; fix the indices"
             )
-        masks = np.empty((n, h, w), bool)
+        has_sampling = "sampling_masks" in data.keys
+        masks = np.empty((n, h, w), bool) if keep_masks else None
         pixels, counts = [], np.empty(n, np.int64)
         for a in range(0, n, _READ_BLOCK):  # masks in blocks: never a whole-file uint8 copy beside the bools
             b = min(n, a + _READ_BLOCK)
-            masks[a:b] = data.read("masks", slice(a, b)).reshape(b - a, h, w) != 0
-            if "sampling_masks" in data.keys:
+            # Read even when not kept: a damaged file fails here, at start-up, not at the first render of it.
+            block = data.read("masks", slice(a, b)).reshape(b - a, h, w) != 0
+            if masks is not None:
+                masks[a:b] = block
+            if has_sampling:
                 sampling = data.read("sampling_masks", slice(a, b)).reshape(b - a, -1) != 0
             else:  # A-NeRF's rule for files without them: the mask dilated 5x5 twice
-                sampling = dilate_mask(masks[a:b]).reshape(b - a, -1)
+                sampling = dilate_mask(block).reshape(b - a, -1)
             counts[a:b] = sampling.sum(axis=1)
             pixels.append(np.nonzero(sampling)[1].astype(np.int32))  # row-major: image-major, as promised
         centers = np.array([data.center(i) for i in range(n)], np.float32)
@@ -146,7 +163,7 @@ def load_split(path: Path) -> Split:
         return Split(
             path=Path(path),
             images_u8=torch.from_numpy(data.read("imgs").reshape(n, h, w, 3)),
-            masks=torch.from_numpy(masks),
+            masks=torch.from_numpy(masks) if masks is not None else None,
             sample_pixels=torch.from_numpy(np.concatenate(pixels)),
             sample_counts=torch.from_numpy(counts),
             bkgds_u8=torch.from_numpy(bkgds) if bkgds is not None else None,
