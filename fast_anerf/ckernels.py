@@ -29,17 +29,14 @@ from pathlib import Path
 
 import torch
 
+from fast_anerf.cache import cache_dir
+
 FLAGS = ("-O3", "-shared", "-fPIC", "-std=c99")
 OPENMP_FLAG = "-fopenmp"
 HEADER = Path(__file__).with_name("ckernels.h")
 
 # ctypes argument types, for the signatures the callers declare.
 PTR, I64, INT, FLOAT, DOUBLE = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_double
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("FAST_ANERF_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "fast_anerf") / "kernels"
 
 
 @functools.cache
@@ -70,7 +67,7 @@ def load_library(source: Path, signatures: tuple[tuple[str, tuple], ...]) -> tup
 def _build_and_load(compiler: str, flags: tuple[str, ...], source: Path) -> tuple[ctypes.CDLL | None, str]:
     """Compile ``source`` (with ``ckernels.h``) unless the cache holds it, and load it: (library or None, why)."""
     key = source.read_bytes() + HEADER.read_bytes() + " ".join([compiler, *flags, sys.platform]).encode()
-    target = cache_dir() / f"{source.stem}_{hashlib.sha256(key).hexdigest()[:16]}.so"
+    target = cache_dir("kernels") / f"{source.stem}_{hashlib.sha256(key).hexdigest()[:16]}.so"
     try:
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,8 @@
 """The in-memory split and the training ray pool, checked against the .h5 file read independently."""
 
+import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -91,19 +93,57 @@ def test_split_without_sampling_masks_uses_the_dilated_masks(two_backgrounds):
     np.testing.assert_array_equal(split.sample_counts.numpy(), [len(e) for e in expected])
 
 
-def test_data_larger_than_the_free_memory_is_refused_before_reading(tiny_data, tmp_path, monkeypatch, capsys):
-    """Training on a file whose images alone exceed the free memory: one line with the sizes and the subset
-    command that fits, exit 2, no run folder; instead of the process being killed part-way through reading."""
+def file_mapped_at(address: int) -> str | None:
+    """The file mapped at ``address`` of this process (``/proc/self/maps``), or None."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if start <= address < end:
+                return fields[5] if len(fields) > 5 else None
+    return None
+
+
+def test_images_larger_than_the_free_memory_are_mapped_from_a_disk_copy(tiny_data, tmp_path, monkeypatch, capsys):
+    """When a file's images exceed the free memory, training maps them from an uncompressed copy in the cache:
+    the same pixels and the same batches, the copy built once and reused, replaced when the file changes; a
+    disk without room for it is one line naming the folder and the fixes."""
+    import shutil
+
+    import fast_anerf.data.image_cache as image_cache
     import fast_anerf.data.split as split_module
     from fast_anerf.cli import entrypoint
 
+    source = tmp_path / "train.h5"
+    shutil.copy(tiny_data / "train.h5", source)
+    monkeypatch.setenv("FAST_ANERF_CACHE", str(tmp_path / "cache"))
+    in_memory = load_split(source)
     need = 8 * 48 * 48 * 3  # tiny_data's train.h5: 8 images of 48x48, 3 bytes per pixel (training keeps no masks)
-    monkeypatch.setattr(split_module, "available_memory", lambda: need // 3)
-    out = tmp_path / "run"
-    assert entrypoint(["train", "--data", str(tiny_data / "train.h5"), "--out", str(out), "--steps", "5"]) == 2
+    monkeypatch.setattr(split_module, "available_memory", lambda: need - 1)
+    mapped = load_split(source, keep_masks=False)
+    copies = list((tmp_path / "cache" / "images").glob("train-*.npy"))
+    assert len(copies) == 1 and "reading them from a new uncompressed copy" in capsys.readouterr().out
+    assert file_mapped_at(mapped.images_u8.data_ptr()) == str(copies[0])  # the pixels live in the file's pages
+    assert torch.equal(mapped.images_u8, in_memory.images_u8)
+    pools = [RayPool(s, 64, 4, torch.Generator().manual_seed(2)) for s in (in_memory, mapped)]
+    for _ in range(3):
+        a, b = (pool.next_batch() for pool in pools)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    built = copies[0].stat().st_mtime_ns
+    load_split(source, keep_masks=False)  # reused, not rebuilt
+    assert copies[0].stat().st_mtime_ns == built and "from the uncompressed copy" in capsys.readouterr().out
+    # Training runs from the copy, from the CLI.
+    assert entrypoint(["train", "--data", str(source), "--out", str(tmp_path / "run"), "--steps", "3"]) == 0
+    # The file changes: a new copy replaces the stale one.
+    os.utime(source, ns=(built + 10**9, built + 10**9))
+    load_split(source, keep_masks=False)
+    fresh = list((tmp_path / "cache" / "images").glob("train-*.npy"))
+    assert len(fresh) == 1 and fresh != copies
+    # No room on the disk for the copy.
+    os.utime(source, ns=(built + 2 * 10**9, built + 2 * 10**9))
+    monkeypatch.setattr(image_cache.shutil, "disk_usage", lambda _: SimpleNamespace(free=10))
+    out = tmp_path / "run2"
+    assert entrypoint(["train", "--data", str(source), "--out", str(out), "--steps", "3"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "8 images of 48x48 need at least 54.0 kB in memory but 18.0 kB are free" in err and "\n" not in err
-    assert f"fast-anerf data subset {tiny_data / 'train.h5'} --select ::4 --out SUBSET.h5" in err
-    assert not out.exists()
-    monkeypatch.setattr(split_module, "available_memory", lambda: need)  # exactly enough: loads
-    assert split_module.load_split(tiny_data / "train.h5", keep_masks=False).n_images == 8
+    assert f"{source}: its images do not fit in the free memory, and their disk copy" in err and "\n" not in err
+    assert f"free in {tmp_path / 'cache' / 'images'}; set FAST_ANERF_CACHE" in err and not out.exists()

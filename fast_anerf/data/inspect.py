@@ -142,7 +142,7 @@ def inspect_file(path: str | os.PathLike, sheet_path: Path | None = None, n_fram
             f"{data.path}",
             f"  frames: {data.n_images} images, {data.height}x{data.width} px, {data.n_poses} poses",
             f"  training holds at least {human_size(least_memory(data.n_images, data.height, data.width, False))} in "
-            "memory (the images as uint8); `fast-anerf data subset` writes a smaller file",
+            "memory (the images as uint8; mapped from a copy on disk when they do not fit)",
             "  keys:",
         ]
         lines += [f"    {k:<16} {str(shape):<22} {dtype}" for k, (shape, dtype) in sorted(data.keys.items())]

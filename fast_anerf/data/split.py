@@ -5,7 +5,8 @@ its Mixamo and H36M frames are ~1000^2 (specs/anerf.md §1.3). So a split keeps 
 them (uint8, 3 bytes per pixel), the foreground masks as bool, and of the sampling masks only the flat ids
 of their pixels (int32, for the ~15 % of pixels rays are drawn from); rays and float colours are made per
 batch; training does not keep the masks at all. ``scripts/bench_data_memory.py`` measures it: ~1.1 MB per
-512^2 image, where float images and precomputed rays took ~8.
+512^2 image, where float images and precomputed rays took ~8. Images that do not fit in the free memory even
+so are mapped from an uncompressed copy on disk (``image_cache.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fast_anerf.data.anerf_h5 import dilate_mask, open_anerf_h5
+from fast_anerf.data.anerf_h5 import AnerfData, dilate_mask, open_anerf_h5
+from fast_anerf.data.image_cache import mapped_images
 from fast_anerf.data.rays import pixel_rays
 from fast_anerf.errors import DataError
 
@@ -114,18 +116,6 @@ def least_memory(n: int, h: int, w: int, masks: bool) -> int:
     return n * h * w * (4 if masks else 3)
 
 
-def check_fits_in_memory(path: Path, n: int, h: int, w: int, masks: bool) -> None:
-    """Refuse (``DataError``) a split whose images (and masks) alone exceed the free memory: the process would
-    be killed part-way through reading, minutes in, with no message."""
-    need, free = least_memory(n, h, w, masks), available_memory()
-    if free is not None and need > free:
-        raise DataError(
-            f"{path}: {n} images of {w}x{h} need at least {human_size(need)} in memory but "
-            f"{human_size(free)} are free; train on part of them, e.g. `fast-anerf data subset {path} "
-            f"--select ::{-(-need // free) + 1} --out SUBSET.h5` (or --cameras), or use a machine with more memory"
-        )
-
-
 def load_split(path: Path, keep_masks: bool = True) -> Split:
     """Read and validate an A-NeRF .h5 into memory (``DataError`` on bad files, or too big for the memory).
 
@@ -134,7 +124,7 @@ def load_split(path: Path, keep_masks: bool = True) -> Split:
     with open_anerf_h5(path) as data:
         arrays = data.arrays
         n, h, w = data.n_images, data.height, data.width
-        check_fits_in_memory(Path(path), n, h, w, keep_masks)
+        images = _images(data, keep_masks)
         bkgds = data.read("bkgds").reshape(-1, h, w, 3) if "bkgds" in data.keys else None
         bkgd_idxs = np.asarray(arrays.get("bkgd_idxs", np.zeros(n, np.int64)), np.int64)
         if bkgds is not None and (bkgd_idxs.min() < 0 or bkgd_idxs.max() >= bkgds.shape[0]):
@@ -162,7 +152,7 @@ def load_split(path: Path, keep_masks: bool = True) -> Split:
         img_paths = [str(p) for p in arrays.get("img_paths", [])]
         return Split(
             path=Path(path),
-            images_u8=torch.from_numpy(data.read("imgs").reshape(n, h, w, 3)),
+            images_u8=torch.from_numpy(images),
             masks=torch.from_numpy(masks) if masks is not None else None,
             sample_pixels=torch.from_numpy(np.concatenate(pixels)),
             sample_counts=torch.from_numpy(counts),
@@ -181,6 +171,19 @@ def load_split(path: Path, keep_masks: bool = True) -> Split:
             ext_scale=_ext_scale(arrays),
             img_paths=img_paths,
         )
+
+
+def _images(data: AnerfData, keep_masks: bool) -> np.ndarray:
+    """uint8 ``[N, H, W, 3]``: read into memory, or mapped from a disk copy when they do not fit in it."""
+    n, h, w = data.n_images, data.height, data.width
+    need, free = least_memory(n, h, w, keep_masks), available_memory()
+    if free is None or need <= free:
+        return data.read("imgs").reshape(n, h, w, 3)
+    images, copy, built = mapped_images(data)
+    print(f"{data.path}: {n} images of {w}x{h} need {human_size(need)} but {human_size(free)} of memory are "
+          f"free: reading them from {'a new' if built else 'the'} uncompressed copy {copy} "
+          f"({human_size(images.nbytes)}, kept while the file is unchanged)")  # fmt: skip
+    return images
 
 
 @dataclass

@@ -6,8 +6,8 @@ What A-NeRF users select with code, as a file the other commands read like any o
 * SURREAL's ``--N_cams`` restricts training to cameras {0, 3, 6}: ``--cameras 0 3 6`` (cameras from
   ``cam_idxs``, else SURREAL's camera-major order ``i // n_poses``).
 * Every other frame, or the first 1000: ``--select ::2``, ``--select 0:1000`` (Python slices).
-* Data larger than memory: training holds its images in memory (uint8, ~1.1 MB per 512^2 image with the ids
-  of the trainable pixels), so a subset is how a big file is trained on a smaller machine.
+* A smaller file to train on: training holds the images in memory (uint8, ~1.1 MB per 512^2 image with the
+  ids of the trainable pixels) or, when they do not fit, maps them from a copy on disk (slower).
 
 Images are copied ``_BLOCK`` at a time (never the whole file in memory). Pose rows follow the images: the rows
 the selected images use are kept, in order of first use, with ``kp_idxs`` rewritten when images share rows

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 import trimesh
 
+from fast_anerf.cache import cache_dir
 from fast_anerf.data import motions
 from fast_anerf.data.anerf_h5 import dilate_mask
 from fast_anerf.data.h5_write import write_anerf_h5
@@ -82,8 +83,7 @@ NOISE_SMOOTH_FRAMES = 6.0
 def default_data_dir() -> Path:
     """Cache folder of the built-in data set: ``$FAST_ANERF_CACHE/builtin``, else
     ``~/.cache/fast_anerf/builtin``."""
-    root = os.environ.get("FAST_ANERF_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "fast_anerf") / "builtin"
+    return cache_dir("builtin")
 
 
 @functools.lru_cache(maxsize=1)
