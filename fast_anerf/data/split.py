@@ -35,7 +35,7 @@ class Split:
     """
 
     path: Path
-    images_u8: torch.Tensor  # [N, H, W, 3] uint8
+    images_u8: torch.Tensor  # [N, H, W, 3] uint8, in memory or mapped from a disk copy
     masks: torch.Tensor | None  # [N, H, W] bool foreground; None when loaded for training only
     sample_pixels: torch.Tensor  # [R] int32, flat pixel ids inside the sampling masks, image-major
     sample_counts: torch.Tensor  # [N] long
@@ -117,7 +117,8 @@ def least_memory(n: int, h: int, w: int, masks: bool) -> int:
 
 
 def load_split(path: Path, keep_masks: bool = True) -> Split:
-    """Read and validate an A-NeRF .h5 into memory (``DataError`` on bad files, or too big for the memory).
+    """Read and validate an A-NeRF .h5 into memory (``DataError`` on bad files); images that do not fit in the
+    free memory are mapped from a disk copy instead (``image_cache.py``).
 
     ``keep_masks=False`` (training, refinement: only the trainable pixels are needed) leaves ``masks`` None.
     """
@@ -189,7 +190,7 @@ def _images(data: AnerfData, keep_masks: bool) -> np.ndarray:
 @dataclass
 class FilePoses:
     """The poses of an A-NeRF .h5 without its images (what pose errors need): ``kp3d [P, 24, 3]``, ``gt_kp3d``
-    (or None) and ``ext_scale`` (world units per mm / 1000, or None)."""
+    (or None) and ``ext_scale`` (A-NeRF's scale of positions, e.g. 0.001 for millimetres to metres; or None)."""
 
     kp3d: torch.Tensor
     gt_kp3d: torch.Tensor | None
