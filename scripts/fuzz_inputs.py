@@ -203,6 +203,7 @@ def command_argv(command: str, fx: Fixture, bad: Path, out: Path) -> list[str]:
     held_out = data if bad.suffix == ".h5" else str(fx.data / "test_view.h5")
     argv = {
         "inspect": ["data", "inspect", str(bad), "--sheet", str(out / "sheet.png"), "--frames", "2"],
+        "subset": ["data", "subset", str(bad), "--out", str(out / "sub.h5"), "--select", "::2"],
         "train": ["train", "--data", data, "--out", str(out), "--preset", str(fx.preset), "--steps", "1"],
         "eval": ["eval", "--ckpt", ckpt, "--data", held_out, "--json", str(out / "metrics.json"), "--max-frames", "1"],
         "render": ["render", "--ckpt", ckpt, "--data", data, "--out", str(out), "--n-views", "1", "--res", "16", "16"],
@@ -210,7 +211,8 @@ def command_argv(command: str, fx: Fixture, bad: Path, out: Path) -> list[str]:
         "view": ["view", "--ckpt", ckpt, "--data", data, "--port", "0"],
         "resume": ["train", "--data", data, "--out", str(out), "--resume", "--steps", "3"],
     }
-    return argv[command] + ([] if command == "inspect" else cpu) + (["--eval-every", "0"] if command == "train" else [])
+    device_flags = [] if command in ("inspect", "subset") else cpu
+    return argv[command] + device_flags + (["--eval-every", "0"] if command == "train" else [])
 
 
 def run_variant(variant: Variant, fx: Fixture, workdir: Path, commands: tuple[str, ...]) -> list[Outcome]:

@@ -16,10 +16,10 @@ import h5py
 import numpy as np
 import torch
 
-H5_COMMANDS = ("inspect", "train", "eval", "render", "refine")
+H5_COMMANDS = ("inspect", "train", "eval", "render", "refine", "subset")
 CKPT_COMMANDS = ("eval", "render", "refine", "view", "resume")
 TRAINING = frozenset({"train", "refine"})  # commands that draw training rays inside the masks
-NEEDS_IMAGES = frozenset({"inspect", "train", "eval", "refine"})  # render only needs cameras and poses
+NEEDS_IMAGES = frozenset({"inspect", "train", "eval", "refine", "subset"})  # render: only cameras and poses
 
 
 @dataclass(frozen=True)
@@ -258,7 +258,7 @@ def h5_variants(valid: Path, rng: np.random.Generator, n_truncations: int = 40, 
         Variant("no-such-file", "h5", lambda path: None, missing),
     ]
     # What reads which key: render never reads images or masks; inspect never reads sampling masks.
-    reads = {"imgs": NEEDS_IMAGES, "masks": NEEDS_IMAGES, "sampling_masks": TRAINING | {"eval"}}
+    reads = {"imgs": NEEDS_IMAGES, "masks": NEEDS_IMAGES, "sampling_masks": TRAINING | {"eval", "subset"}}
     for key in ("imgs", "masks", "sampling_masks", "kp3d", "c2ws"):
         fatal = reads.get(key)
         out.append(Variant(f"corrupt-chunk-{key}", "h5", _corrupt_chunk(valid, key), (key, *unreadable), fatal))

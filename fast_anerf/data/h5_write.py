@@ -121,9 +121,10 @@ def atomic_h5(path: Path) -> Iterator[h5py.File]:
 
     It is written under a temporary name in the same folder (so the final ``os.replace`` is a rename on one
     filesystem; unique, so parallel writers don't collide), synced to disk and renamed: an interrupted write
-    never leaves a partial file and never damages an older file at ``path``. ``OSError`` (a full disk, a
-    read-only folder) becomes one line naming ``path``.
+    never leaves a partial file and never damages an older file at ``path``, nor the folders it made for it.
+    ``OSError`` (a full disk, a read-only folder) becomes one line naming ``path``.
     """
+    made = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -135,4 +136,7 @@ def atomic_h5(path: Path) -> Iterator[h5py.File]:
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
+            for folder in made:  # innermost first; only if still empty (another writer may have used it)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             raise
