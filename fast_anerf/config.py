@@ -165,11 +165,12 @@ class RunConfig:
         return config
 
     @staticmethod
-    def from_dict(data: dict[str, Any], source: str = "checkpoint") -> RunConfig:
+    def from_dict(data: dict[str, Any], source: str = "checkpoint", fast_table: str = "fast") -> RunConfig:
+        """``fast_table``: the fast field's table as the source names it in errors (presets call it [field])."""
         return RunConfig(
             preset=str(data.get("preset", "custom")),
             train=_build(TrainConfig, data.get("train", {}), source, "train"),
-            fast=_build(FastFieldConfig, data.get("fast", {}), source, "fast"),
+            fast=_build(FastFieldConfig, data.get("fast", {}), source, fast_table),
             anerf=_build(ANeRFFieldConfig, data.get("anerf", {}), source, "anerf"),
         )
 
@@ -245,6 +246,7 @@ def load_preset(name_or_path: str) -> RunConfig:
             "anerf": data.get("anerf", {}),
         },
         source=str(path),
+        fast_table="field",
     )
 
 

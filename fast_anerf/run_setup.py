@@ -4,11 +4,12 @@ may not change."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from fast_anerf.config import RunConfig
+from fast_anerf.config import RunConfig, load_preset
 from fast_anerf.data.split import Split
 from fast_anerf.errors import UserError
 
@@ -80,3 +81,11 @@ def refuse_changed_settings(args, stored: RunConfig, ckpt_path: Path) -> None:
             asked = flag if wanted is True else f"{flag} {wanted}"
             raise UserError(f"{ckpt_path}: {asked} would change the run being resumed (its {key} is {kept}); "
                             "drop the flag, or start a new run in another --out")  # fmt: skip
+    if args.preset:  # same name: a .toml elsewhere (or an edited one) may still define another model
+        preset = load_preset(args.preset)
+        for table, wanted, kept in (("field", preset.fast, stored.fast), ("anerf", preset.anerf, stored.anerf)):
+            if wanted != kept:
+                changed = sorted(k for k, v in asdict(wanted).items() if v != getattr(kept, k))
+                raise UserError(f"{ckpt_path}: --preset {args.preset} would change the run being resumed (its "
+                                f"[{table}] differs in {', '.join(changed)}); drop the flag, or start a new run in "
+                                "another --out")  # fmt: skip

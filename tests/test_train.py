@@ -121,11 +121,14 @@ def test_checkpoint_names_its_data_absolutely_and_eval_finds_the_runs_held_out_d
         (["--steps", "0"], ["steps = 0 must be > 0", "--steps"]),
         (["--gt-poses", "--refine-poses", "on"], ["--gt-poses", "drop one"]),
         (["--preset", "BAD_PRESET"], ["step_size = 0", "[train]", "bad.toml"]),
+        (["--preset", "TYPO_PRESET"], ["unknown key(s) ['hiden'] in [field]", "typo.toml"]),  # the file's own name
     ],
 )
 def test_unusable_settings_are_one_line_before_training(tiny_data, tmp_path, capsys, argv, words):
     (tmp_path / "bad.toml").write_text("[train]\nstep_size = 0\n")
-    argv = [str(tmp_path / "bad.toml") if a == "BAD_PRESET" else a for a in argv]
+    (tmp_path / "typo.toml").write_text("[field]\nhiden = 32\n")
+    presets = {"BAD_PRESET": str(tmp_path / "bad.toml"), "TYPO_PRESET": str(tmp_path / "typo.toml")}
+    argv = [presets.get(a, a) for a in argv]
     out = tmp_path / "run"
     assert entrypoint(["train", "--data", str(tiny_data), "--out", str(out), "--device", "cpu", *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -164,6 +167,7 @@ def test_resuming_a_run_that_used_its_time_limit_asks_for_more_minutes(tiny_data
         (["--field", "anerf"], ["--field anerf would change", "its field is fast"]),
         (["--seed", "7"], ["--seed 7 would change", "its seed is 0"]),
         (["--preset", "gpu"], ["--preset gpu would change", "its preset is demo"]),
+        (["--preset", "{other}/demo.toml"], ["{other}/demo.toml would change", "[field] differs in color_neurons"]),
         (["--gt-poses"], ["--gt-poses would change", "its gt_poses is False"]),
         (["--refine-poses", "off"], ["(--refine-poses off) would drop them", "refined_poses.h5 --refine-poses off"]),
         (["--steps", "3"], ["has done 4 steps, more than --steps 3", "pass --steps 4 or more"]),
@@ -176,7 +180,11 @@ def test_resume_refuses_flags_that_would_train_another_model(tiny_data, tmp_path
     Trainer(_args(tiny_data, out, steps=4)).run()
     saved = (out / "checkpoint.pt").read_bytes()
     assert torch.load(out / "checkpoint.pt", weights_only=False)["poses"] is not None  # the run refined its poses
-    argv = argv if "--steps" in argv else [*argv, "--steps", "6"]
+    other = tmp_path / "elsewhere"  # a preset named like the run's, with another field
+    other.mkdir()
+    (other / "demo.toml").write_text("[field]\ncolor_neurons = 32\n")
+    argv = [a.format(other=other) for a in (argv if "--steps" in argv else [*argv, "--steps", "6"])]
+    words = [w.format(other=other) for w in words]
     assert entrypoint(["train", "--out", str(out), "--resume", "--device", "cpu", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
