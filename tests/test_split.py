@@ -132,6 +132,11 @@ def test_images_larger_than_the_free_memory_are_mapped_from_a_disk_copy(tiny_dat
     built = copies[0].stat().st_mtime_ns
     load_split(source, keep_masks=False)  # reused, not rebuilt
     assert copies[0].stat().st_mtime_ns == built and "from the uncompressed copy" in capsys.readouterr().out
+    # A damaged copy (cut short) is rebuilt, not trusted.
+    copies[0].write_bytes(copies[0].read_bytes()[:200])
+    assert torch.equal(load_split(source, keep_masks=False).images_u8, in_memory.images_u8)
+    assert "from a new uncompressed copy" in capsys.readouterr().out
+    built = copies[0].stat().st_mtime_ns
     # Training runs from the copy, from the CLI.
     assert entrypoint(["train", "--data", str(source), "--out", str(tmp_path / "run"), "--steps", "3"]) == 0
     # The file changes: a new copy replaces the stale one.

@@ -44,15 +44,31 @@ def mapped_images(data: AnerfData) -> tuple[np.ndarray, Path, bool]:
     """
     shape = (data.n_images, data.height, data.width, 3)
     target = cache_path(data.path)
-    built = not target.exists()
-    if built:
-        _build(data, target, shape)
-    images = np.load(target, mmap_mode="c")
-    if images.shape != shape or images.dtype != np.uint8:  # a foreign or damaged file under our name
-        target.unlink(missing_ok=True)
-        _build(data, target, shape)
-        images, built = np.load(target, mmap_mode="c"), True
-    return images, target, built
+    images = _open(target, shape) if target.exists() else None
+    if images is not None:
+        return images, target, False
+    target.unlink(missing_ok=True)  # absent, or a damaged or foreign file under our name
+    _build(data, target, shape)
+    return np.load(target, mmap_mode="c"), target, True
+
+
+def _open(target: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The mapped copy, or None if it is not a readable uint8 array of ``shape`` (truncated, foreign)."""
+    try:
+        images = np.load(target, mmap_mode="c")
+    except (ValueError, OSError):
+        return None
+    return images if images.shape == shape and images.dtype == np.uint8 else None
+
+
+def human_size(n_bytes: float) -> str:
+    """``25.0 kB``, ``1.3 GB``: binary units, one decimal."""
+    value, unit = n_bytes / 1024, "kB"
+    for bigger in ("MB", "GB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
 
 
 def _build(data: AnerfData, target: Path, shape: tuple[int, ...]) -> None:
@@ -62,8 +78,8 @@ def _build(data: AnerfData, target: Path, shape: tuple[int, ...]) -> None:
     need, free = int(np.prod(shape)), shutil.disk_usage(folder).free
     if need > free:
         raise DataError(
-            f"{data.path}: its images do not fit in the free memory, and their disk copy ({need / 2**30:.1f} GB) "
-            f"does not fit in the {free / 2**30:.1f} GB free in {folder}; set FAST_ANERF_CACHE to a folder on a "
+            f"{data.path}: its images do not fit in the free memory, and their disk copy ({human_size(need)}) "
+            f"does not fit in the {human_size(free)} free in {folder}; set FAST_ANERF_CACHE to a folder on a "
             "larger disk, or train on part of the images (`fast-anerf data subset`)"
         )
     # Copies of older versions of this file are stale: same stem and path hash, another version hash.

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from fast_anerf.data.anerf_h5 import open_anerf_h5
+from fast_anerf.data.image_cache import human_size
 from fast_anerf.data.rays import project_points
-from fast_anerf.data.split import human_size, least_memory
+from fast_anerf.data.split import least_memory
 from fast_anerf.errors import writing
 from fast_anerf.media import draw_segment
 from fast_anerf.skeleton import SMPL_JOINT_NAMES, SMPL_PARENTS, bone_lengths

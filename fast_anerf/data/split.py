@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fast_anerf.data.anerf_h5 import AnerfData, dilate_mask, open_anerf_h5
-from fast_anerf.data.image_cache import mapped_images
+from fast_anerf.data.image_cache import human_size, mapped_images
 from fast_anerf.data.rays import pixel_rays
 from fast_anerf.errors import DataError
 
@@ -98,16 +98,6 @@ def available_memory() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
-
-
-def human_size(n_bytes: float) -> str:
-    """``25.0 kB``, ``1.3 GB``: binary units, one decimal."""
-    value, unit = n_bytes / 1024, "kB"
-    for bigger in ("MB", "GB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{value:.1f} {unit}"
 
 
 def least_memory(n: int, h: int, w: int, masks: bool) -> int:

@@ -2,7 +2,7 @@
 
 What A-NeRF users select with code, as a file the other commands read like any other:
 
-* Mixamo trains only on ``{Subject}_selected.npy`` (``MixamoDataset._idx_map``): ``--select archer_selected.npy``.
+* Mixamo trains only on ``{Subject}_selected.npy`` (``MixamoDataset._idx_map``): ``--select Archer_selected.npy``.
 * SURREAL's ``--N_cams`` restricts training to cameras {0, 3, 6}: ``--cameras 0 3 6`` (cameras from
   ``cam_idxs``, else SURREAL's camera-major order ``i // n_poses``).
 * Every other frame, or the first 1000: ``--select ::2``, ``--select 0:1000`` (Python slices).
@@ -125,8 +125,9 @@ def _copy(data: AnerfData, out: Path, ids: np.ndarray, pose_rows: np.ndarray, ne
         f.create_dataset("img_shape", data=np.array([len(ids), h, w, 3], np.int64))
         if len(pose_rows) != len(ids):  # images share pose rows: kp_idxs tells the reader which
             f.create_dataset("kp_idxs", data=new_pose_idxs.astype(np.int64), compression="gzip")
-        elif "kp_idxs" in data.arrays:  # one pose per image: kp_idxs is bookkeeping (Mixamo: the time instant
-            f.create_dataset("kp_idxs", data=data.arrays["kp_idxs"][ids], compression="gzip")  # --multiview groups)
+        elif "kp_idxs" in data.arrays:
+            # One pose per image: kp_idxs is bookkeeping, kept (Mixamo: the time instant --multiview groups by).
+            f.create_dataset("kp_idxs", data=data.arrays["kp_idxs"][ids], compression="gzip")
         for key in data.keys:
             if key in DROPPED_KEYS:
                 continue
