@@ -185,7 +185,7 @@ class FromSpin:
 @dataclass(frozen=True)
 class Subset:
     """Write some images of an A-NeRF .h5 (and the poses they use) to a new .h5: A-NeRF's Mixamo selection
-    (`--select archer_selected.npy`), SURREAL's cameras (`--cameras 0 3 6`), or a file too big for memory."""
+    (`--select Archer_selected.npy`), SURREAL's cameras (`--cameras 0 3 6`), or a smaller file to train on."""
 
     path: tyro.conf.Positional[Path]
     """The source .h5 file."""
