@@ -219,3 +219,20 @@ def test_resuming_a_true_pose_run_with_refinement_on_names_the_run(tiny_data, tm
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "trains on the file's true poses (gt_poses)" in err
     assert "drop --refine-poses on" in err and "drop one of the two flags" not in err
+
+
+def test_a_folder_without_train_h5_names_the_files_it_holds(tiny_data, tmp_path, capsys):
+    """A-NeRF's folders name their files surreal_train_h5py.h5 / surreal_val_h5py.h5: the error says which files
+    are there and how to pass them."""
+    import shutil
+
+    folder = tmp_path / "surreal"
+    folder.mkdir()
+    shutil.copy(tiny_data / "train.h5", folder / "surreal_train_h5py.h5")
+    shutil.copy(tiny_data / "test_view.h5", folder / "surreal_val_h5py.h5")
+    assert entrypoint(["train", "--data", str(folder), "--out", str(tmp_path / "run"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {folder}: no train.h5 in this folder (it holds surreal_train_h5py.h5, "
+                   "surreal_val_h5py.h5); pass the training file as --data FILE.h5 and a held-out one as "
+                   "--eval-data FILE.h5")  # fmt: skip
+    assert not (tmp_path / "run").exists()
