@@ -58,3 +58,14 @@ def writing(path) -> Iterator[None]:
         yield
     except OSError as error:
         raise output_error(path, error) from None
+
+
+def folder_holds(folder) -> str:
+    """`` (it holds a.h5, b.h5)`` for an error about a folder that lacks the expected files; ``""`` if it has
+    no .h5 (A-NeRF's folders name theirs surreal_train_h5py.h5, surreal_val_h5py.h5, ...)."""
+    from pathlib import Path
+
+    found = sorted(p.name for p in Path(folder).glob("*.h5"))
+    if not found:
+        return ""
+    return " (it holds " + ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "") + ")"

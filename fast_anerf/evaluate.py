@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from fast_anerf.data.rays import bounding_cylinder, project_points
 from fast_anerf.data.split import Split, load_poses, load_split
-from fast_anerf.errors import UserError
+from fast_anerf.errors import UserError, folder_holds
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> float:
@@ -141,7 +141,8 @@ def find_eval_splits(data: Path) -> dict[str, Path]:
         raise UserError(f"{data}: no such data folder or .h5 file; pass the folder with test_view.h5/test_pose.h5")
     splits = {name: data / f"{name}.h5" for name in ("test_view", "test_pose") if (data / f"{name}.h5").is_file()}
     if not splits:
-        raise UserError(f"{data}: no test_view.h5 or test_pose.h5 in this folder; pass an .h5 file with --data")
+        raise UserError(f"{data}: no test_view.h5 or test_pose.h5 in this folder{folder_holds(data)}; pass a "
+                        "held-out .h5 file instead of the folder")  # fmt: skip
     return splits
 
 

@@ -11,7 +11,7 @@ import torch
 
 from fast_anerf.config import RunConfig, load_preset
 from fast_anerf.data.split import Split
-from fast_anerf.errors import UserError
+from fast_anerf.errors import UserError, folder_holds
 
 
 def pick_device(name: str) -> torch.device:
@@ -34,12 +34,10 @@ def resolve_data(data: Path | None) -> tuple[Path, Path | None]:
     data = Path(data)
     if data.is_dir():
         if not (data / "train.h5").is_file():
-            found = sorted(p.name for p in data.glob("*.h5"))
-            if found:  # e.g. A-NeRF's data/surreal: surreal_train_h5py.h5, surreal_val_h5py.h5
-                shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
-                raise UserError(f"{data}: no train.h5 in this folder (it holds {shown}); pass the training file as "
-                                "--data FILE.h5 and a held-out one as --eval-data FILE.h5")  # fmt: skip
-            raise UserError(f"{data}: no train.h5 in this folder; pass an .h5 file or a folder holding train.h5")
+            holds = folder_holds(data)
+            fix = ("pass the training file as --data FILE.h5 and a held-out one as --eval-data FILE.h5" if holds
+                   else "pass an .h5 file or a folder holding train.h5")  # fmt: skip
+            raise UserError(f"{data}: no train.h5 in this folder{holds}; {fix}")
         return data / "train.h5", data
     if data.is_file():
         return data, None

@@ -235,4 +235,13 @@ def test_a_folder_without_train_h5_names_the_files_it_holds(tiny_data, tmp_path,
     assert err == (f"error: {folder}: no train.h5 in this folder (it holds surreal_train_h5py.h5, "
                    "surreal_val_h5py.h5); pass the training file as --data FILE.h5 and a held-out one as "
                    "--eval-data FILE.h5")  # fmt: skip
+    # The same folder as held-out data: it has no test_view.h5 / test_pose.h5.
+    argv = ["train", "--data", str(folder / "surreal_train_h5py.h5"), "--eval-data", str(folder), "--out",
+            str(tmp_path / "run"), "--device", "cpu"]  # fmt: skip
+    assert entrypoint(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: {folder}: no test_view.h5 or test_pose.h5 in this folder (it holds "
+        "surreal_train_h5py.h5, surreal_val_h5py.h5); pass a held-out .h5 file instead of the folder"
+    )
     assert not (tmp_path / "run").exists()
