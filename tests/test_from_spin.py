@@ -272,7 +272,7 @@ def test_smplx_rest_skeleton_from_betas(spin_case, tmp_path):
         np.testing.assert_allclose(data.arrays["betas"], betas, atol=1e-6)
 
 
-def test_frames_from_a_video(spin_case):
+def test_frames_from_a_video(spin_case, capsys):
     """--images may be a video (imageio): frames in order, paths <video>/<frame:06d> for the temporal loss."""
     root, src = spin_case["root"], spin_case["src"]
     video = root / "clip.mp4"
@@ -284,6 +284,23 @@ def test_frames_from_a_video(spin_case):
         imgs = data.load_all()["imgs"].astype(np.float64)
         assert np.abs(imgs - src["imgs"]).mean() < 12
         assert data.arrays["img_paths"][3] == f"{video}/000003"
+    # frame_ids pick some frames of a longer video (only those are kept while decoding): the right ones, named
+    # by their index in the video; ids past its end are one line.
+    n = len(src["imgs"])
+    long_video = root / "long.mp4"
+    iio.imwrite(long_video, np.concatenate([src["imgs"][::-1], src["imgs"]]), fps=10)  # frame n + i = image i
+    picked = _edit_npz(spin_case, "picked.npz", frame_ids=np.arange(n, 2 * n), masks=src["masks"])
+    args = ["data", "from-spin", str(root / picked), "--images", str(long_video), "--out", str(root / "picked.h5")]
+    assert entrypoint(args) == 0
+    with open_anerf_h5(root / "picked.h5") as data:
+        imgs = data.load_all()["imgs"].astype(np.float64)
+        assert np.abs(imgs - src["imgs"]).mean() < 12  # the second half, not the reversed first
+        assert data.arrays["img_paths"][0] == f"{long_video}/{n:06d}"
+    beyond = _edit_npz(spin_case, "beyond.npz", frame_ids=np.arange(n) + n + 1, masks=src["masks"])
+    args = ["data", "from-spin", str(root / beyond), "--images", str(long_video), "--out", str(root / "beyond.h5")]
+    capsys.readouterr()
+    assert entrypoint(args) == 2 and not (root / "beyond.h5").exists()
+    assert f"frame_ids go up to {2 * n} but there are only {2 * n} frames" in capsys.readouterr().err
 
 
 def test_real_background_is_stored_or_painted_white_and_outputs_are_never_clobbered(spin_case, capsys):

@@ -23,13 +23,13 @@ def static_background(imgs: np.ndarray, covered: np.ndarray, max_frames: int = 2
         far off on a dark background. All white when no pixel is ever seen.
     """
     keep = np.unique(np.linspace(0, len(imgs) - 1, min(len(imgs), max_frames)).round().astype(int))
-    imgs, covered = imgs[keep], covered[keep]
-    n, h, w, _ = imgs.shape
+    covered = covered[keep]  # the frames are indexed per block below: never a copy of all kept frames
+    n, (h, w) = len(keep), imgs.shape[1:3]
     out = np.full((h, w, 3), 255.0, np.float32)
     seen = ~covered.all(axis=0)  # [H, W]
     rows = max(1, (64 << 20) // max(n * w * 3 * 4, 1))  # ~64 MB of float32 per block
     for top in range(0, h, rows):
-        block = imgs[:, top : top + rows].astype(np.float32)
+        block = imgs[keep, top : top + rows].astype(np.float32)
         block[covered[:, top : top + rows]] = np.nan
         block_seen = seen[top : top + rows]
         with np.errstate(all="ignore"):

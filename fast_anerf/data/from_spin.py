@@ -57,6 +57,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -319,24 +320,33 @@ def _as_rgb(img: np.ndarray, source: str) -> np.ndarray:
     return np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img[..., :3]
 
 
-def read_frames(path: Path, what: str, ids: np.ndarray | None, n: int) -> tuple[list[np.ndarray], list[str]]:
-    """Frames ``ids`` (or all, which must be ``n``) of a folder of images or a video, as read; + their paths."""
+def read_frames(
+    path: Path, what: str, ids: np.ndarray | None, n: int, convert: Callable[[np.ndarray, str], np.ndarray]
+) -> tuple[np.ndarray, list[str]]:
+    """Frames ``ids`` (or all, which must be ``n``) of a folder of images or a video, each passed through
+    ``convert(frame, name)`` as it is read, stacked into one array; + their names.
+
+    Memory: one array of the converted frames (a video's other frames are decoded and dropped), never a list
+    of raw frames beside a stacked copy: a 1080p video of a few minutes is tens of GB raw.
+    """
     import imageio.v3 as iio
 
     if not path.exists():
         raise DataError(f"{path}: {what} not found — pass a folder of images or a video")
+    wanted = None if ids is None else {int(i) for i in ids}
     try:
         if path.is_dir():
             files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
                            key=lambda p: _natural_key(p.name))  # fmt: skip
-            total = len(files)
-            names = [str(p) for p in files]
+            total, names = len(files), [str(p) for p in files]
             read = lambda i: iio.imread(files[i])  # noqa: E731
-        else:
-            frames = list(iio.imiter(path))
-            total = len(frames)
+        else:  # decode in order, keeping only the frames asked for
+            kept, total = {}, 0
+            for total, frame in enumerate(iio.imiter(path), start=1):
+                if wanted is None or total - 1 in wanted:
+                    kept[total - 1] = frame
             names = [f"{path}/{i:06d}" for i in range(total)]
-            read = frames.__getitem__
+            read = kept.pop  # each frame leaves the dict as it is converted
     except (OSError, ValueError, RuntimeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{path}: cannot read the {what} ({msg}) — pass a folder of images or a video") from None
@@ -347,14 +357,20 @@ def read_frames(path: Path, what: str, ids: np.ndarray | None, n: int) -> tuple[
         ids = np.arange(n)
     elif ids.max(initial=-1) >= total:
         raise DataError(f"{path}: frame_ids go up to {ids.max()} but there are only {total} {what} — fix frame_ids")
-    out = []
-    for i in ids:
+    out = None
+    for k, i in enumerate(ids):
         try:
-            out.append(read(int(i)))
+            frame = convert(read(int(i)), names[i])
         except (OSError, ValueError, RuntimeError) as e:
             why = str(e).splitlines()[0] if str(e) else repr(e)
             raise DataError(f"{names[i]}: cannot read this {what[:-1]} ({why}) — replace the damaged file or remove "
                             "it (and its row, or set frame_ids)") from None  # fmt: skip
+        if out is None:
+            out = np.empty((len(ids), *frame.shape), frame.dtype)
+        elif frame.shape != out.shape[1:]:
+            size, first = f"{frame.shape[1]}x{frame.shape[0]}", f"{out.shape[2]}x{out.shape[1]}"
+            raise DataError(f"{names[i]}: {what[:-1]} of {size} px, the first is {first} — use one size")
+        out[k] = frame
     return out, [names[i] for i in ids]
 
 
@@ -399,20 +415,17 @@ def convert_spin(
         raise UserError(f"--background {background}: expected one of {BACKGROUND_MODES}")
     spin = load_spin_npz(spin_path)
     n = spin.n
-    frames, img_paths = read_frames(Path(images), "frames", spin.frame_ids, n)
-    frames = [_as_rgb(f, p) for f, p in zip(frames, img_paths, strict=True)]
-    h, w = frames[0].shape[:2]
-    for img, p in zip(frames, img_paths, strict=True):
-        if img.shape[:2] != (h, w):
-            raise DataError(f"{p}: frame of {img.shape[1]}x{img.shape[0]} px, the first is {w}x{h} — use one size")
+    imgs, img_paths = read_frames(Path(images), "frames", spin.frame_ids, n, _as_rgb)  # [n, h, w, 3] uint8
+    h, w = imgs.shape[1:3]
     if masks is not None:
-        raw_masks, mask_paths = read_frames(Path(masks), "masks", spin.frame_ids, n)
-        fg = []
-        for m, p in zip(raw_masks, mask_paths, strict=True):
-            if np.shape(m)[:2] != (h, w):
-                raise DataError(f"{p}: mask of shape {np.shape(m)[:2]}, frames are {h}x{w} — masks must match frames")
-            fg.append(binarize_mask(m))
-        fg = np.stack(fg)
+
+        def mask_of_frame(mask: np.ndarray, name: str) -> np.ndarray:
+            if np.shape(mask)[:2] != (h, w):
+                raise DataError(f"{name}: mask of shape {np.shape(mask)[:2]}, frames are {h}x{w} — masks must "
+                                "match frames")  # fmt: skip
+            return binarize_mask(mask)
+
+        fg = read_frames(Path(masks), "masks", spin.frame_ids, n, mask_of_frame)[0]
     elif spin.masks is not None:
         fg = spin.masks
         if fg.shape[1:] != (h, w):
@@ -439,12 +452,12 @@ def convert_spin(
     if fg.mean() > 0.5:  # a person rarely fills half of every frame: white-background masks, say
         print(f"warning: the masks cover {fg.mean():.0%} of the frames — are they inverted? (the person must be "
               f"the bright part: value >= {MASK_THRESHOLD} on 0-255)", file=sys.stderr)  # fmt: skip
-    imgs, sampling = np.stack(frames), dilate_mask(fg)
+    sampling = dilate_mask(fg)
     backgrounds = {}
     if background == "median":
         backgrounds = {"bkgds": static_background(imgs, sampling)[None], "bkgd_idxs": np.zeros(n, np.int64)}
     elif background == "white":
-        imgs = np.where(fg[..., None], imgs, np.uint8(255))
+        np.copyto(imgs, np.uint8(255), where=~fg[..., None])  # in place: no second copy, no index arrays
     data = {
         "imgs": imgs,
         "masks": fg,
