@@ -296,6 +296,12 @@ def test_frames_from_a_video(spin_case, capsys):
         imgs = data.load_all()["imgs"].astype(np.float64)
         assert np.abs(imgs - src["imgs"]).mean() < 12  # the second half, not the reversed first
         assert data.arrays["img_paths"][0] == f"{long_video}/{n:06d}"
+    repeated = _edit_npz(spin_case, "repeated.npz", frame_ids=np.full(n, n + 2), masks=src["masks"])
+    args = ["data", "from-spin", str(root / repeated), "--images", str(long_video), "--out", str(root / "rep.h5")]
+    assert entrypoint(args) == 0  # one frame for every row: allowed, and read once from the video
+    with open_anerf_h5(root / "rep.h5") as data:
+        imgs = data.load_all()["imgs"].astype(np.float64)
+        assert np.abs(imgs - src["imgs"][2]).mean() < 12
     beyond = _edit_npz(spin_case, "beyond.npz", frame_ids=np.arange(n) + n + 1, masks=src["masks"])
     args = ["data", "from-spin", str(root / beyond), "--images", str(long_video), "--out", str(root / "beyond.h5")]
     capsys.readouterr()

@@ -346,7 +346,8 @@ def read_frames(
                 if wanted is None or total - 1 in wanted:
                     kept[total - 1] = frame
             names = [f"{path}/{i:06d}" for i in range(total)]
-            read = kept.pop  # each frame leaves the dict as it is converted
+            # Each frame leaves the dict as it is converted, unless frame_ids repeat it.
+            read = kept.pop if wanted is None or len(wanted) == len(ids) else kept.__getitem__
     except (OSError, ValueError, RuntimeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{path}: cannot read the {what} ({msg}) — pass a folder of images or a video") from None
