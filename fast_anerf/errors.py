@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 from collections.abc import Iterator
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -63,8 +64,6 @@ def writing(path) -> Iterator[None]:
 def folder_holds(folder) -> str:
     """`` (it holds a.h5, b.h5)`` for an error about a folder that lacks the expected files; ``""`` if it has
     no .h5 (A-NeRF's folders name theirs surreal_train_h5py.h5, surreal_val_h5py.h5, ...)."""
-    from pathlib import Path
-
     found = sorted(p.name for p in Path(folder).glob("*.h5"))
     if not found:
         return ""

@@ -47,8 +47,7 @@ def mapped_images(data: AnerfData) -> tuple[np.ndarray, Path, bool]:
     images = _open(target, shape) if target.exists() else None
     if images is not None:
         return images, target, False
-    target.unlink(missing_ok=True)  # absent, or a damaged or foreign file under our name
-    _build(data, target, shape)
+    _build(data, target, shape)  # absent, or a damaged or foreign file under our name: replaced
     return np.load(target, mmap_mode="c"), target, True
 
 

@@ -251,7 +251,7 @@ class RayPool:
             split.c2ws[image_idx], split.focals[image_idx], split.centers[image_idx], pixel_ids, split.width
         )
         return {
-            "rays_o": rays_o.contiguous(),  # an expanded view of the camera centres; downstream ops want rows
+            "rays_o": rays_o,
             "rays_d": rays_d,
             "rgb": split.rgb_at(image_idx, pixel_ids),
             "background": split.background_at(image_idx, pixel_ids),
