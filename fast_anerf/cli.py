@@ -208,14 +208,45 @@ class Subset:
 
 
 @dataclass(frozen=True)
+class ToSpin:
+    """Write the poses of an A-NeRF .h5 (e.g. a run's refined_poses.h5, refine's refined.h5) as SMPL parameters
+    in each image's camera, SPIN / VIBE style: the way back from from-spin (keys:
+    fast_anerf/data/to_spin.py)."""
+
+    path: tyro.conf.Positional[Path]
+    """The .h5 file whose poses to write."""
+    out: Path
+    """The .npz file to write."""
+    spin: Path | None = None
+    """The SPIN / VIBE .npz that from-spin converted: adds pred_camera in its boxes (and its bboxes, frame_ids,
+    masks), and its pred_joints give the pelvis."""
+    smpl: Path | None = None
+    """SMPL_NEUTRAL.pkl (or its folder) for the pelvis J_0(betas) (needs `pip install smplx`); as in from-spin."""
+    bbox_scale: float = 1.0
+    """The --bbox-scale given to from-spin (with --spin)."""
+    overwrite: bool = False
+    """Replace an existing --out file."""
+
+    def main(self) -> None:
+        from fast_anerf.data.to_spin import export_spin
+
+        info = export_spin(self.path, self.out, self.spin, self.smpl, self.bbox_scale, self.overwrite)
+        moved = info.get("moved_mm")
+        moved = f"; joints {moved[0]:.1f} mm (max {moved[1]:.1f}) from {self.spin}'s" if moved else ""
+        print(f"{info['out']}: {info['frames']} frames of SMPL parameters in their cameras, pelvis: "
+              f"{info['pelvis']}{moved}")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Data:
-    """Data tools: generate the built-in character, inspect an .h5, convert SPIN output, select images."""
+    """Data tools: generate the built-in character, inspect an .h5, convert SPIN output and back, select images."""
 
     action: tyro.conf.OmitArgPrefixes[
         Annotated[Synth, tyro.conf.subcommand("synth")]
         | Annotated[Inspect, tyro.conf.subcommand("inspect")]
         | Annotated[FromSpin, tyro.conf.subcommand("from-spin")]
         | Annotated[Subset, tyro.conf.subcommand("subset")]
+        | Annotated[ToSpin, tyro.conf.subcommand("to-spin")]
     ]
 
     def main(self) -> None:

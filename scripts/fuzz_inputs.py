@@ -204,6 +204,7 @@ def command_argv(command: str, fx: Fixture, bad: Path, out: Path) -> list[str]:
     argv = {
         "inspect": ["data", "inspect", str(bad), "--sheet", str(out / "sheet.png"), "--frames", "2"],
         "subset": ["data", "subset", str(bad), "--out", str(out / "sub.h5"), "--select", "::2"],
+        "to-spin": ["data", "to-spin", str(bad), "--out", str(out / "poses.npz")],
         "train": ["train", "--data", data, "--out", str(out), "--preset", str(fx.preset), "--steps", "1"],
         "eval": ["eval", "--ckpt", ckpt, "--data", held_out, "--json", str(out / "metrics.json"), "--max-frames", "1"],
         "render": ["render", "--ckpt", ckpt, "--data", data, "--out", str(out), "--n-views", "1", "--res", "16", "16"],
@@ -211,7 +212,7 @@ def command_argv(command: str, fx: Fixture, bad: Path, out: Path) -> list[str]:
         "view": ["view", "--ckpt", ckpt, "--data", data, "--port", "0"],
         "resume": ["train", "--data", data, "--out", str(out), "--resume", "--steps", "3"],
     }
-    device_flags = [] if command in ("inspect", "subset") else cpu
+    device_flags = [] if command in ("inspect", "subset", "to-spin") else cpu
     return argv[command] + device_flags + (["--eval-every", "0"] if command == "train" else [])
 
 

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import torch
 
-H5_COMMANDS = ("inspect", "train", "eval", "render", "refine", "subset")
+H5_COMMANDS = ("inspect", "train", "eval", "render", "refine", "subset", "to-spin")
 CKPT_COMMANDS = ("eval", "render", "refine", "view", "resume")
 TRAINING = frozenset({"train", "refine"})  # commands that draw training rays inside the masks
 NEEDS_IMAGES = frozenset({"inspect", "train", "eval", "refine", "subset"})  # render: only cameras and poses

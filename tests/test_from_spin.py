@@ -57,6 +57,10 @@ def _spin_arrays(src, h, w, pelvis):
 
 @pytest.fixture(scope="module")
 def spin_case(tiny_data, tmp_path_factory):
+    return make_spin_case(tiny_data, tmp_path_factory)
+
+
+def make_spin_case(tiny_data, tmp_path_factory) -> dict:
     """A SPIN .npz + frames/ + masks/ folders (PNG) made from the built-in character's training split."""
     src, h, w = _source(tiny_data)
     n = len(src["c2ws"])
