@@ -159,9 +159,11 @@ class FromSpin:
     smpl: Path | None = None
     """SMPL_NEUTRAL.pkl (or its folder) for the rest skeleton from betas (needs `pip install smplx`).
     Default: the built-in mean rest skeleton."""
-    focal: float | None = None
-    """Known focal length in pixels; the camera moves along its axis so the person keeps its size.
-    Default: SPIN's 5000 px crop focal scaled to the frame (a distant, nearly orthographic camera)."""
+    focal: float | Literal["diagonal", "spin"] = "diagonal"
+    """Focal length in pixels, if known; the camera moves along its axis so the person keeps its size.
+    'diagonal': the frame's diagonal, a guess for unknown cameras (pose refinement fixes about as much as with
+    the true focal); 'spin': SPIN's 5000 px crop focal scaled to the frame (a distant camera without
+    perspective, with which pose refinement fixed nothing on the built-in character)."""
     bbox_scale: float = 1.0
     """Factor on the box side if the crop was enlarged from the stored boxes (SPIN demo 1.2, VIBE 1.1)."""
     background: Literal["median", "white", "none"] = "median"
@@ -177,9 +179,9 @@ class FromSpin:
         info = convert_spin(self.spin, self.images, self.out, self.masks, self.smpl, self.focal, self.bbox_scale,
                             self.background, self.overwrite)  # fmt: skip
         print(f"{info['out']}: {info['frames']} frames {info['width']}x{info['height']}, focal "
-              f"{info['focal'][0]:.1f}-{info['focal'][1]:.1f} px, camera {info['camera_distance'][0]:.2f}-"
-              f"{info['camera_distance'][1]:.2f} m from the pelvis, rest skeleton: {info['rest_pose']}, "
-              f"pelvis: {info['pelvis']}, background: {info['background']}")  # fmt: skip
+              f"{info['focal'][0]:.1f}-{info['focal'][1]:.1f} px ({info['focal_source']}), camera "
+              f"{info['camera_distance'][0]:.2f}-{info['camera_distance'][1]:.2f} m from the pelvis, rest skeleton: "
+              f"{info['rest_pose']}, pelvis: {info['pelvis']}, background: {info['background']}")  # fmt: skip
 
 
 @dataclass(frozen=True)

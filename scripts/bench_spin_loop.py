@@ -4,15 +4,15 @@ compared with the true joints.
 1. The built-in training frames' noisy (SPIN-like) poses are written as a SPIN file: ``data to-spin`` gives the
    rotations and translations in each frame's camera; the crop box is the square around the mask (x 1.2, as
    SPIN's demo), and ``pred_camera`` the weak-perspective camera of the translation in it.
-2. The frames and masks go to PNG folders; ``fast-anerf data from-spin`` converts (``--focal``: the true focal,
-   ``--focal-factor`` times it, or SPIN's own distant camera with ``--spin-camera``).
+2. The frames and masks go to PNG folders; ``fast-anerf data from-spin`` converts (``--camera``: with the true
+   focal, x ``--focal-factor``; with its default, the frame's diagonal; or with SPIN's distant camera).
 3. ``fast-anerf train`` on that file (demo preset, pose refinement on; the temporal term off: the built-in
    camera orbits the person, and SPIN's camera-frame world turns with it, so consecutive roots are not close).
 4. ``fast-anerf data to-spin`` of the run's ``refined_poses.h5`` with ``--spin`` the estimate.
 Errors (mm) of the estimate's and the refined file's joints in each camera (``joints3d + transl``) against the
 generator's true joints in the same camera: MPJPE (root-aligned), PA-MPJPE and without alignment.
 
-    python scripts/bench_spin_loop.py [--steps 4000] [--spin-camera] [--out bench_spin_loop.json]
+    python scripts/bench_spin_loop.py [--steps 4000] [--camera true|diagonal|spin] [--out bench_spin_loop.json]
 """
 
 from __future__ import annotations
@@ -74,8 +74,9 @@ def run(argv: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--spin-camera", action="store_true", help="convert with SPIN's distant camera, not --focal")
-    parser.add_argument("--focal-factor", type=float, default=1.0, help="pass --focal = this x the true focal")
+    parser.add_argument("--camera", choices=("true", "diagonal", "spin"), default="true",
+                        help="from-spin's focal: the true one (x --focal-factor), its default, or SPIN's")  # fmt: skip
+    parser.add_argument("--focal-factor", type=float, default=1.0, help="--camera true: --focal = this x the true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=Path, default=Path("runs/bench_spin_loop"))
     parser.add_argument("--out", type=Path, default=Path("bench_spin_loop.json"))
@@ -85,7 +86,8 @@ def main() -> None:
     train_h5 = generate_dataset(default_data_dir(), verbose=False)["train"]
     spin, truth, focal = write_estimate(train_h5, folder)
     converted, run_dir = folder / "converted.h5", args.runs / "train"
-    camera = [] if args.spin_camera else ["--focal", repr(focal * args.focal_factor)]
+    camera = {"true": ["--focal", repr(focal * args.focal_factor)], "diagonal": [], "spin": ["--focal", "spin"]}
+    camera = camera[args.camera]
     run(["data", "from-spin", str(spin), "--images", str(folder / "frames"), "--masks", str(folder / "masks"),
          "--out", str(converted), *camera])  # fmt: skip
     start = time.perf_counter()
@@ -102,7 +104,8 @@ def main() -> None:
     labels = (("MPJPE (mm)", "mpjpe_mm"), ("PA-MPJPE (mm)", "pa_mpjpe_mm"), ("no alignment (mm)", "abs_mpjpe_mm"))
     rows = [(label, before[key], after[key]) for label, key in labels]
     device_name = platform.processor() or "cpu"
-    camera = "SPIN's distant camera" if args.spin_camera else f"--focal {args.focal_factor:g} x the true focal"
+    camera = {"true": f"--focal {args.focal_factor:g} x the true focal", "diagonal": "the frame's diagonal (default)",
+              "spin": "SPIN's distant camera"}[args.camera]  # fmt: skip
     print(f"\ndevice: cpu ({device_name}), threads {torch.get_num_threads()}; {args.steps} training steps in "
           f"{seconds:.0f} s; camera: {camera}")  # fmt: skip
     print(f"{'joints in the camera vs truth':<30} {'SPIN in':>8} {'SPIN out':>9} {'change':>8}")

@@ -13,9 +13,10 @@ import torch
 from fast_anerf.cli import entrypoint
 from fast_anerf.data.anerf_h5 import open_anerf_h5
 from fast_anerf.data.background import fill_from_neighbours
-from fast_anerf.data.from_spin import SMPL_MEAN_PELVIS, SPIN_CROP, SPIN_FOCAL
+from fast_anerf.data.from_spin import SMPL_MEAN_PELVIS, SPIN_CROP, SPIN_FOCAL, convert_spin
 from fast_anerf.data.rays import project_points
 from fast_anerf.data.synthetic import builtin_rest_pose
+from fast_anerf.errors import UserError
 from fast_anerf.skeleton import axis_angle_to_matrix, matrix_to_axis_angle, rigid_inverse
 
 FLIP = np.diag([1.0, -1.0, -1.0])  # OpenGL <-> OpenCV camera axes
@@ -144,10 +145,10 @@ def _spin_world(src, trans):
 
 
 def test_spin_focal_gives_distant_camera_with_the_same_image(spin_case):
-    """Without --focal: SPIN's 5000 px crop focal scaled to the frame, a camera ~tens of metres away. Same world
+    """--focal spin: SPIN's 5000 px crop focal scaled to the frame, a camera ~tens of metres away. Same world
     joints; projections agree exactly at the pelvis depth and up to the perspective difference elsewhere."""
     src, boxes = spin_case["src"], spin_case["boxes"]
-    code, out = _run(spin_case, out="spin_focal.h5")
+    code, out = _run(spin_case, "--focal", "spin", out="spin_focal.h5")
     assert code == 0
     with open_anerf_h5(out) as data:
         focals = SPIN_FOCAL * boxes[:, 2] / SPIN_CROP
@@ -165,6 +166,25 @@ def test_spin_focal_gives_distant_camera_with_the_same_image(spin_case):
     # Elsewhere the generator's 3 m camera shows more perspective than SPIN's weak-perspective camera: the error
     # is about depth offset / 3 m of the joint's image offset from the pelvis, a few % of the body's size.
     assert (err.max(-1) < 0.08 * size).all(), (err.max(-1), size)
+
+
+def test_default_focal_is_the_frame_diagonal(spin_case, capsys):
+    """Without --focal: the frame's diagonal, the camera moved along its axis from SPIN's so that the pelvis
+    projects where SPIN's camera put it; a focal that is neither a number nor a mode is refused."""
+    h, w, cams, boxes = spin_case["h"], spin_case["w"], spin_case["cams"], spin_case["boxes"]
+    code, out = _run(spin_case, out="diagonal.h5")
+    assert code == 0 and "(the frame's diagonal)" in capsys.readouterr().out
+    with open_anerf_h5(out) as data:
+        np.testing.assert_allclose(data.arrays["focals"], np.hypot(w, h), rtol=1e-6)
+        tz_spin = 2 * SPIN_FOCAL / (SPIN_CROP * cams[:, 0])
+        tz = tz_spin * np.hypot(w, h) / (SPIN_FOCAL * boxes[:, 2] / SPIN_CROP)
+        np.testing.assert_allclose(-data.arrays["c2ws"][:, 2, 3], tz, rtol=1e-5)
+        np.testing.assert_allclose(-data.arrays["c2ws"][:, :2, 3], spin_case["trans"][:, :2], rtol=1e-5, atol=1e-5)
+        assert np.abs(_projections(data)[:, 0] - spin_case["src"]["uv"][:, 0]).max() < 0.05  # px, the pelvis
+    root = spin_case["root"]  # (the command line refuses other words itself: tyro checks the choices)
+    with pytest.raises(UserError, match="--focal wide: expected a focal length in pixels or one of"):
+        convert_spin(root / "spin.npz", root / "frames", root / "wide.h5", root / "masks", focal="wide")
+    assert not (root / "wide.h5").exists()
 
 
 def test_vibe_names_axis_angle_frame_ids_npz_masks(spin_case, tiny_data):
