@@ -168,8 +168,9 @@ class ANeRFField(nn.Module):
         codes = f", {self.n_frame_codes} frame codes x{c.framecode_dim}" if self.frame_codes is not None else ""
         return f"{self.field_type} field: {self.n_params:,} params ({c.netdepth}x{c.netwidth} trunk{codes})"
 
-    def update_schedule(self, step: int) -> None:
-        """Set the cutoff sharpness for training step ``step`` (A-NeRF calls this every iteration)."""
+    def update_schedule(self, step: int, poses_refined: bool = True) -> None:
+        """Set the cutoff sharpness for training step ``step`` (A-NeRF calls this every iteration, whether the
+        poses are refined or not)."""
         self.tau.fill_(cutoff_tau(step, self.cfg.cutoff_rate, self.cfg.cutoff_step))
 
     def forward(

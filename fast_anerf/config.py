@@ -47,6 +47,10 @@ class FastFieldConfig:
     hand_extent: float = 0.07
     foot_extent: float = 0.05
     blend_margin: float = 0.15  # fraction of the box (per side) over which a bone's weight fades to 0
+    # Coarse-to-fine (field.py): the hash levels fade in over the first N training steps (0 = all on from the
+    # start), beginning with this many levels fully on.
+    coarse_to_fine_steps: int = 0
+    coarse_to_fine_start: float = 2.0
 
     @property
     def hashgrid(self):

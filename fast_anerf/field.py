@@ -28,6 +28,12 @@ direction in all 24 joint frames. Design choices, with the reason for each:
   Instant-NGP): a wide dynamic range for thin, opaque surfaces. Dividing by the skeleton height makes the
   raw value unit-free (metres or A-NeRF units train alike); the bias starts training from a light fog,
   which converges much faster than from empty space. Units: per world unit of ray length.
+* **Coarse-to-fine levels while the poses move** (``coarse_to_fine_steps``, BARF's schedule): in a run that
+  refines its poses, the finer hash levels fade in over the first steps (``coarse_to_fine_weights``). Fine
+  levels fitted early bake the pose errors into the body and give the poses sharp, local gradients; coarse
+  ones first let the poses settle. Measured with the demo preset (2000 of 4000 steps, from 2 of 8 levels),
+  seeds 0 / 1: training's pose refinement -55.2 % / -57.2 % MPJPE against -53.5 % / -53.6 % without,
+  held-out PSNR +0.0 / +0.27 dB (test_view) and +0.21 / +0.24 dB (test_pose).
 * **Colour** sees geometry features, the ray direction relative to the contributing bones (blended like the
   features, encoded with degree-4 spherical harmonics; view dependence is tied to the body, not the world)
   and A-NeRF's 16-D per-frame appearance code (the mean code for frames never seen).
@@ -63,6 +69,20 @@ class _TruncExp(torch.autograd.Function):
 
 def trunc_exp(x: torch.Tensor) -> torch.Tensor:
     return _TruncExp.apply(x)
+
+
+def coarse_to_fine_weights(step: int, cfg: FastFieldConfig) -> torch.Tensor | None:
+    """Weights ``[L]`` of the hash levels at training step ``step``, or None once every level is fully on.
+
+    BARF's schedule per level: ``alpha`` goes linearly from ``coarse_to_fine_start`` to ``L`` over the first
+    ``coarse_to_fine_steps`` steps, and level ``l`` weighs ``(1 - cos(pi * clamp(alpha - l, 0, 1))) / 2``.
+    """
+    steps, n_levels = cfg.coarse_to_fine_steps, cfg.n_levels
+    if steps <= 0 or step >= steps:
+        return None
+    alpha = cfg.coarse_to_fine_start + (n_levels - cfg.coarse_to_fine_start) * max(step, 0) / steps
+    ramp = (alpha - torch.arange(n_levels, dtype=torch.float32)).clamp(0.0, 1.0)
+    return (1.0 - torch.cos(torch.pi * ramp)) / 2.0
 
 
 def smooth_ramp(u: torch.Tensor, margin: float) -> torch.Tensor:
@@ -108,6 +128,9 @@ class FastField(nn.Module):
         # The model's occupancy grids when the blend is masked (``Character.use_blend_mask``); kept out of the
         # submodules (they belong to the model), hence set through object.__setattr__.
         object.__setattr__(self, "blend_mask", None)
+        # [L*F] weights of the hash features while coarse-to-fine fades the levels in; None = all levels on. Set
+        # from the step (update_schedule; load_character too), so it is not saved in the state dict.
+        object.__setattr__(self, "level_weights", None)
 
     @property
     def backend_name(self) -> str:
@@ -129,8 +152,13 @@ class FastField(nn.Module):
             f"{c.color_neurons}x{c.color_hidden_layers}, backend {self.backend_name})"
         )
 
-    def update_schedule(self, step: int) -> None:
-        """Nothing is scheduled in this field (kept for the shared field interface)."""
+    def update_schedule(self, step: int, poses_refined: bool = True) -> None:
+        """Set the hash levels' weights for training step ``step`` (``level_weights``, module docstring): all on
+        at once when the run does not refine its poses (coarse-to-fine is there for them)."""
+        weights = coarse_to_fine_weights(step, self.cfg) if poses_refined else None
+        if weights is not None:
+            weights = weights.to(self.box_min.device).repeat_interleave(self.cfg.n_features_per_level)
+        object.__setattr__(self, "level_weights", weights)
 
     def _encode(self, x_local: torch.Tensor, d_local: torch.Tensor | None = None, masked: bool = True):
         """Blend per-bone hash features (and, with ``d_local``, ray directions) of samples.
@@ -167,6 +195,8 @@ class FastField(nn.Module):
                 d_pairs = d_local.reshape(-1, 3).index_select(0, pairs) * weights[:, None]
                 d_sum = torch.zeros_like(x_local[:, 0]).index_add_(0, sample_idx, d_pairs)
         d_blend = d_sum / d_sum.norm(dim=-1, keepdim=True).clamp_min(1e-6) if d_sum is not None else None
+        if self.level_weights is not None:
+            blended = blended * self.level_weights
         return blended, weight_sum.clamp_max(1.0), d_blend
 
     def _codes(self, code_ids: torch.Tensor) -> torch.Tensor:
@@ -230,7 +260,10 @@ class FastField(nn.Module):
         relu = mlp.activation == "ReLU" and mlp.output_activation == "None"
         if not (self.fuse_no_grad and self.grid.backend_name == "cpu" and relu):
             return None
-        weights = relu_mlp_first_output_weights(mlp.layer_weights(), mlp.n_input_dims)
+        layers = mlp.layer_weights()
+        if self.level_weights is not None:  # W (w * f) = (W diag(w)) f: the kernel reads unweighted features
+            layers = [layers[0][:, : mlp.n_input_dims] * self.level_weights, *layers[1:]]
+        weights = relu_mlp_first_output_weights(layers, mlp.n_input_dims)
         if weights is None:
             return None
         args = (weights, mlp.n_neurons, mlp.n_hidden_layers, self.cfg.density_bias, self.height)

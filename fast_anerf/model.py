@@ -196,4 +196,9 @@ def load_character(path: Path, device: str | torch.device = "cpu", backend: str 
             f"{path}: weights do not match the saved config ({first}); the file is damaged or from another "
             "field type — retrain or pass the right checkpoint"
         ) from None
-    return model.to(device), ckpt
+    model = model.to(device)
+    # A run stopped mid-schedule renders as it trained (a run that refines its poses saves them).
+    step = ckpt.get("step")
+    step = step if isinstance(step, int) and not isinstance(step, bool) else 0
+    model.field.update_schedule(step, poses_refined=ckpt.get("poses") is not None)
+    return model, ckpt

@@ -247,7 +247,7 @@ class Trainer:
         """One optimisation step; returns its stats, or None when it was skipped (non-finite loss)."""
         cfg = self.config.train
         self.model.train()
-        self.model.field.update_schedule(self.step)
+        self.model.field.update_schedule(self.step, poses_refined=self.refiner is not None)
         if cfg.occupancy and cfg.occ_update_every > 0 and self.step % cfg.occ_update_every == 0:
             # Occupancy grids from the field's density in the current training poses (sampling/occupancy.py).
             with torch.no_grad():
@@ -308,6 +308,8 @@ class Trainer:
     def evaluate(self, max_frames: int | None) -> dict[str, dict]:
         settings = RenderSettings.from_train(self.config.train, training=False)
         self.model.eval()
+        # The field as a checkpoint of this step loads (load_character), also when a finished run is resumed.
+        self.model.field.update_schedule(self.step, poses_refined=self.refiner is not None)
         results = {}
         for name, split in self.eval_splits.items():
             results[name] = evaluate_split(self.model, split, settings, max_frames, chunk=self.config.train.chunk_rays)

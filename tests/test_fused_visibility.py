@@ -19,15 +19,18 @@ needs_kernels = pytest.mark.skipif(not cpu_kernels_available(), reason=f"C kerne
 EPS, ALPHA_THRE = 1e-3, 0.02
 
 
-def _scene(density_hidden_layers=1, seed=0, n_rays=600):
+def _scene(density_hidden_layers=1, seed=0, n_rays=600, coarse_to_fine_step=None):
     """A fast field with random weights (a mix of empty, thin and opaque regions), a random half of its
-    occupancy cells occupied, and rays through the posed body: marched candidates in every bone frame."""
+    occupancy cells occupied, and rays through the posed body: marched candidates in every bone frame.
+    ``coarse_to_fine_step``: the finer hash levels faded as at that step of a 100-step schedule."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     rest = torch.as_tensor(builtin_rest_pose())
-    config = RunConfig(fast=FastFieldConfig(density_hidden_layers=density_hidden_layers))
+    c2f = 100 if coarse_to_fine_step is not None else 0
+    config = RunConfig(fast=FastFieldConfig(density_hidden_layers=density_hidden_layers, coarse_to_fine_steps=c2f))
     model = Character(config, rest, n_frame_codes=2, backend="cpu")
     field = model.field
+    field.update_schedule(coarse_to_fine_step or 0)
     with torch.no_grad():
         field.grid.params.uniform_(-2, 2, generator=g)
         field.density_mlp.params.mul_(3.0)  # raw densities spread from thin fog to opaque
@@ -60,14 +63,18 @@ def _torch_reference(field, origins, directions, scale, ray_idx, t_starts, t_end
 
 
 @needs_kernels
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("hidden_layers", [1, 2])
-def test_fused_visibility_keeps_the_samples_of_the_pytorch_rounds(hidden_layers, threads, monkeypatch):
+@pytest.mark.parametrize(
+    "hidden_layers, threads, coarse_to_fine_step", [(1, 1, None), (1, 2, None), (2, 1, None), (2, 2, None), (1, 2, 40)]
+)
+def test_fused_visibility_keeps_the_samples_of_the_pytorch_rounds(hidden_layers, threads, coarse_to_fine_step,
+                                                                   monkeypatch):  # fmt: skip
     monkeypatch.setattr("fast_anerf.encoding.hashgrid_cpu.MIN_SAMPLES_PER_THREAD", 256)  # rays split in chunks
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        model, packed, _ = _scene(hidden_layers)
+        model, packed, _ = _scene(hidden_layers, coarse_to_fine_step=coarse_to_fine_step)
+        if coarse_to_fine_step is not None:  # levels 5-7 off, 4 at 0.35: the fused kernel must see it too
+            assert model.field.level_weights[10:].eq(0).all() and 0 < float(model.field.level_weights[8]) < 1
         keep, evaluated = model.field.fused_visibility(*packed, EPS, ALPHA_THRE)
     finally:
         torch.set_num_threads(previous)

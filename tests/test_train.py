@@ -167,7 +167,7 @@ def test_resuming_a_run_that_used_its_time_limit_asks_for_more_minutes(tiny_data
         (["--field", "anerf"], ["--field anerf would change", "its field is fast"]),
         (["--seed", "7"], ["--seed 7 would change", "its seed is 0"]),
         (["--preset", "gpu"], ["--preset gpu would change", "its preset is demo"]),
-        (["--preset", "{other}/demo.toml"], ["{other}/demo.toml would change", "[field] differs in color_neurons"]),
+        (["--preset", "{other}/demo.toml"], ["{other}/demo.toml would change", "[field] differs in", "color_neurons"]),
         (["--gt-poses"], ["--gt-poses would change", "its gt_poses is False"]),
         (["--refine-poses", "off"], ["(--refine-poses off) would drop them", "refined_poses.h5 --refine-poses off"]),
         (["--steps", "3"], ["has done 4 steps, more than --steps 3", "pass --steps 4 or more"]),
