@@ -52,6 +52,13 @@ class FastFieldConfig:
     coarse_to_fine_steps: int = 0
     coarse_to_fine_start: float = 2.0
 
+    def __post_init__(self) -> None:
+        if self.coarse_to_fine_steps < 0:
+            raise ValueError(f"coarse_to_fine_steps = {self.coarse_to_fine_steps} must be >= 0 (0 = off)")
+        if not 0 <= self.coarse_to_fine_start <= self.n_levels:
+            start, levels = self.coarse_to_fine_start, self.n_levels
+            raise ValueError(f"coarse_to_fine_start = {start} must be within 0-{levels} (n_levels)")
+
     @property
     def hashgrid(self):
         from fast_anerf.encoding.hashgrid import HashGridConfig

@@ -66,3 +66,20 @@ def test_a_checkpoint_renders_with_the_levels_of_its_step(tmp_path, refined):
         assert torch.equal(loaded.field.level_weights, coarse_to_fine_weights(25, C2F).repeat_interleave(2))
     else:
         assert loaded.field.level_weights is None
+
+
+@pytest.mark.parametrize(
+    "table, words",
+    [("coarse_to_fine_start = 9", "coarse_to_fine_start = 9.0 must be within 0-8"),
+     ("coarse_to_fine_steps = -1", "coarse_to_fine_steps = -1 must be >= 0")],
+)  # fmt: skip
+def test_a_schedule_no_run_can_use_is_one_line(tiny_data, tmp_path, capsys, table, words):
+    from fast_anerf.cli import entrypoint
+
+    (tmp_path / "bad.toml").write_text(f"[field]\n{table}\n")
+    argv = ["train", "--data", str(tiny_data / "train.h5"), "--preset", str(tmp_path / "bad.toml"), "--out",
+            str(tmp_path / "run"), "--steps", "1", "--device", "cpu"]  # fmt: skip
+    assert entrypoint(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "[field]" in err[0] and words in err[0], err
+    assert not (tmp_path / "run").exists()
