@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--camera", choices=("true", "diagonal", "spin"), default="true",
                         help="from-spin's focal: the true one (x --focal-factor), its default, or SPIN's")  # fmt: skip
     parser.add_argument("--focal-factor", type=float, default=1.0, help="--camera true: --focal = this x the true")
+    parser.add_argument("--preset", default="demo", help="fast-anerf train --preset (a name or a .toml)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=Path, default=Path("runs/bench_spin_loop"))
     parser.add_argument("--out", type=Path, default=Path("bench_spin_loop.json"))
@@ -92,7 +93,7 @@ def main() -> None:
          "--out", str(converted), *camera])  # fmt: skip
     start = time.perf_counter()
     run(["train", "--data", str(converted), "--out", str(run_dir), "--steps", str(args.steps), "--temp-coef", "0",
-         "--seed", str(args.seed)])  # fmt: skip
+         "--seed", str(args.seed), "--preset", args.preset])  # fmt: skip
     seconds = time.perf_counter() - start
     run(["data", "to-spin", str(run_dir / "refined_poses.h5"), "--out", str(folder / "refined.npz"), "--spin",
          str(spin)])  # fmt: skip
@@ -112,7 +113,7 @@ def main() -> None:
     for name, b, a in rows:
         print(f"{name:<30} {b:>8.1f} {a:>9.1f} {100 * (a - b) / b:>7.1f}%")
     result = {"device": "cpu", "device_name": device_name, "threads": torch.get_num_threads(), "steps": args.steps,
-              "train_seconds": round(seconds, 1), "camera": camera,
+              "preset": args.preset, "train_seconds": round(seconds, 1), "camera": camera,
               "rows": [{"metric": n, "spin_in": b, "spin_out": a} for n, b, a in rows]}  # fmt: skip
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
