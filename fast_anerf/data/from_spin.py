@@ -29,8 +29,8 @@ Conversion (A-NeRF's ``process_spin.py``, VIBE's ``convert_crop_cam_to_orig_img`
   away with a long lens, nearly orthographic (``--focal spin``, as A-NeRF). Any other focal ``F`` moves the
   camera along its axis, ``tz *= F / f``, so the person keeps its image size: a known ``--focal F`` (A-NeRF's
   ``new_focal``), or by default the frame's diagonal ``sqrt(W^2 + H^2)`` (CLIFF's guess for unknown cameras).
-  Why not SPIN's: pose refinement (scripts/bench_spin_loop.py) took MPJPE -51 % with the diagonal or the true
-  focal, -45 % with 0.8x it, +4.5 % with SPIN's camera, whose missing perspective the poses have to fake.
+  Why not SPIN's: pose refinement (scripts/bench_spin_loop.py) took MPJPE -49 / -51 % with the diagonal (two
+  runs), -51 % with the true focal, -45 % with 0.8x it, +4.5 % with SPIN's camera (the poses fake perspective).
 * World = SMPL's model frame with the axes of SPIN's OpenCV camera (x right, y down, z forward), so "up" is
   -y as in A-NeRF; SPIN places the body at ``X_cam = X_model + t``, so the camera sits at ``-t`` with the
   identity rotation, and OpenCV -> OpenGL flips its y and z axes: ``c2w = [diag(1, -1, -1) | -t]``. The body
