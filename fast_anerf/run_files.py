@@ -7,11 +7,14 @@ naming the file (``errors.writing``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import imageio.v3 as iio
 import numpy as np
@@ -19,19 +22,28 @@ import numpy as np
 from fast_anerf.errors import writing
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON under a temporary name and rename; an ``OSError`` becomes a one-line ``OutputError``."""
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """``with atomic_file(path) as handle:`` writes a file that appears at ``path`` only once complete: under a
+    temporary name in its folder, renamed at the end, removed if the body raises. An ``OSError`` becomes a
+    one-line ``OutputError`` naming ``path``."""
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(obj, handle, indent=2)
+            with os.fdopen(fd, mode) as handle:
+                yield handle
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON under a temporary name and rename; an ``OSError`` becomes a one-line ``OutputError``."""
+    with atomic_file(path, "w") as handle:
+        json.dump(obj, handle, indent=2)
 
 
 def write_png_atomic(path: Path, image: np.ndarray) -> None:

@@ -87,10 +87,13 @@ def main() -> None:
     train_h5 = generate_dataset(default_data_dir(), verbose=False)["train"]
     spin, truth, focal = write_estimate(train_h5, folder)
     converted, run_dir = folder / "converted.h5", args.runs / "train"
-    camera = {"true": ["--focal", repr(focal * args.focal_factor)], "diagonal": [], "spin": ["--focal", "spin"]}
-    camera = camera[args.camera]
+    focal_flags, camera = {  # from-spin's flags and the camera's name in the table
+        "true": (["--focal", repr(focal * args.focal_factor)], f"--focal {args.focal_factor:g} x the true focal"),
+        "diagonal": ([], "the frame's diagonal (default)"),
+        "spin": (["--focal", "spin"], "SPIN's distant camera"),
+    }[args.camera]
     run(["data", "from-spin", str(spin), "--images", str(folder / "frames"), "--masks", str(folder / "masks"),
-         "--out", str(converted), *camera])  # fmt: skip
+         "--out", str(converted), *focal_flags])  # fmt: skip
     start = time.perf_counter()
     run(["train", "--data", str(converted), "--out", str(run_dir), "--steps", str(args.steps), "--temp-coef", "0",
          "--seed", str(args.seed), "--preset", args.preset])  # fmt: skip
@@ -105,8 +108,6 @@ def main() -> None:
     labels = (("MPJPE (mm)", "mpjpe_mm"), ("PA-MPJPE (mm)", "pa_mpjpe_mm"), ("no alignment (mm)", "abs_mpjpe_mm"))
     rows = [(label, before[key], after[key]) for label, key in labels]
     device_name = platform.processor() or "cpu"
-    camera = {"true": f"--focal {args.focal_factor:g} x the true focal", "diagonal": "the frame's diagonal (default)",
-              "spin": "SPIN's distant camera"}[args.camera]  # fmt: skip
     print(f"\ndevice: cpu ({device_name}), threads {torch.get_num_threads()}; {args.steps} training steps in "
           f"{seconds:.0f} s; camera: {camera}")  # fmt: skip
     print(f"{'joints in the camera vs truth':<30} {'SPIN in':>8} {'SPIN out':>9} {'change':>8}")

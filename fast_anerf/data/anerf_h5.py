@@ -122,6 +122,12 @@ class AnerfData:
         return self._h5
 
     @property
+    def ext_scale(self) -> float | None:
+        """A-NeRF's ``ext_scale`` (mm x ext_scale = world units: 0.001 when world units are metres), or None."""
+        ext = self.arrays.get("ext_scale")
+        return float(np.asarray(ext).reshape(-1)[0]) if ext is not None else None
+
+    @property
     def handle(self) -> h5py.File:
         """The open (read-only) HDF5 file, for streaming copies (``fast-anerf data subset``)."""
         return self._file

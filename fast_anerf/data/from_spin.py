@@ -243,13 +243,14 @@ def load_spin_npz(path: str | os.PathLike) -> SpinFrames:
 
 
 def crop_camera_to_full(
-    cameras: np.ndarray, bboxes: np.ndarray, width: int, height: int, focal: float | None = None
+    cameras: np.ndarray, bboxes: np.ndarray, center: np.ndarray, focal: float | np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """SPIN's weak-perspective crop camera -> a full-frame perspective camera (VIBE's conversion).
 
     Args:
         cameras: ``[N, 3]`` (s, tx, ty); bboxes: ``[N, 3]`` (cx, cy, side) px of the crop in the frame;
-        width, height: frame size px (principal point at the centre); focal: optional known focal px.
+        center: principal point ``[2]`` or ``[N, 2]`` px (``from-spin``: the frame's centre); focal: optional
+        known focal px (one, or ``[N]``).
     Returns:
         focals ``[N]`` px, translations ``[N, 3]`` m: SMPL model frame -> OpenCV camera, ``X_cam = X + t``.
     """
@@ -259,10 +260,11 @@ def crop_camera_to_full(
     tz = 2 * SPIN_FOCAL / (SPIN_CROP * s)
     # The crop maps normalised [-1, 1] to side pixels around (cx, cy): a shift of the box centre from the
     # principal point is a body shift of 2 * offset / (s * side) metres.
-    t = np.stack([tx + 2 * (cx - width / 2) / (s * side), ty + 2 * (cy - height / 2) / (s * side), tz], axis=-1)
+    px, py = np.broadcast_to(center, (len(cameras), 2)).T
+    t = np.stack([tx + 2 * (cx - px) / (s * side), ty + 2 * (cy - py) / (s * side), tz], axis=-1)
     if focal is not None:
         t[:, 2] *= focal / focals  # keep f / tz, i.e. the person's image size, at the new focal
-        focals = np.full_like(focals, focal)
+        focals = np.broadcast_to(focal, focals.shape).astype(np.float64)
     return focals, t
 
 
@@ -454,7 +456,7 @@ def convert_spin(
     boxes = spin.bboxes.copy()
     boxes[:, 2] *= bbox_scale
     known = {"diagonal": float(np.hypot(w, h)), "spin": None}.get(focal, focal)
-    focals, trans = crop_camera_to_full(spin.cameras, boxes, w, h, known)
+    focals, trans = crop_camera_to_full(spin.cameras, boxes, np.array([w / 2, h / 2]), known)
     c2ws = spin_c2ws(trans)
     bones = matrix_to_axis_angle(torch.as_tensor(spin.rotmats)).numpy()
     poses = pose_arrays(rest.astype(np.float32), bones, pelvis)

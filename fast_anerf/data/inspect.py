@@ -36,7 +36,7 @@ def _stats(values: np.ndarray) -> str:
     return f"min {values.min():.3f}, mean {values.mean():.3f}, max {values.max():.3f}"
 
 
-def _mpjpe_lines(arrays: dict[str, np.ndarray], pose_idxs: np.ndarray) -> list[str]:
+def _mpjpe_lines(arrays: dict[str, np.ndarray], pose_idxs: np.ndarray, scale: float | None) -> list[str]:
     """MPJPE of kp3d against gt_kp3d (no alignment), in data units and in mm when ext_scale is known."""
     if "gt_kp3d" not in arrays:
         return ["  MPJPE: no gt_kp3d in the file"]
@@ -49,8 +49,7 @@ def _mpjpe_lines(arrays: dict[str, np.ndarray], pose_idxs: np.ndarray) -> list[s
         kp3d = kp3d[pose_idxs]
     err = np.linalg.norm(kp3d - gt, axis=-1)  # [P, 24]
     line = f"  MPJPE kp3d vs gt_kp3d: {err.mean():.4f} units"
-    if "ext_scale" in arrays:
-        scale = float(np.asarray(arrays["ext_scale"]).reshape(-1)[0])
+    if scale is not None:
         line += f" = {err.mean() / scale:.1f} mm (ext_scale {scale:g}); max {err.max() / scale:.1f} mm"
     return [line]
 
@@ -166,7 +165,7 @@ def inspect_file(path: str | os.PathLike, sheet_path: Path | None = None, n_fram
             f"    focal (px): {_stats(a['focals'])}",
             f"    camera-to-root distance: {_stats(dist)}",
         ]
-        lines += _mpjpe_lines(a, data.pose_idxs)
+        lines += _mpjpe_lines(a, data.pose_idxs, data.ext_scale)
         if sheet_path is not None:
             idxs = write_contact_sheet(data, Path(sheet_path), n_frames)
             lines.append(f"  contact sheet: {sheet_path} ({len(idxs)} frames: {idxs})")

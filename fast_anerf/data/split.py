@@ -159,7 +159,7 @@ def load_split(path: Path, keep_masks: bool = True) -> Split:
             rest_pose=torch.as_tensor(arrays["rest_pose"], dtype=torch.float32) if "rest_pose" in arrays else None,
             gt_kp3d=torch.as_tensor(arrays["gt_kp3d"], dtype=torch.float32) if "gt_kp3d" in arrays else None,
             gt_skts=torch.as_tensor(arrays["gt_skts"], dtype=torch.float32) if "gt_skts" in arrays else None,
-            ext_scale=_ext_scale(arrays),
+            ext_scale=data.ext_scale,
             img_paths=img_paths,
         )
 
@@ -194,13 +194,8 @@ def load_poses(path: Path) -> FilePoses:
         return FilePoses(
             kp3d=torch.as_tensor(data.arrays["kp3d"], dtype=torch.float32),
             gt_kp3d=torch.as_tensor(gt, dtype=torch.float32) if gt is not None else None,
-            ext_scale=_ext_scale(data.arrays),
+            ext_scale=data.ext_scale,
         )
-
-
-def _ext_scale(arrays: dict) -> float | None:
-    ext = arrays.get("ext_scale")
-    return float(np.asarray(ext).reshape(-1)[0]) if ext is not None else None
 
 
 class RayPool:

@@ -32,15 +32,22 @@ metres (``ext_scale`` is 0.001 in ``from-spin``'s files, A-NeRF's data and the b
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fast_anerf.data.anerf_h5 import AnerfData, open_anerf_h5
-from fast_anerf.data.from_spin import ALIASES, SMPL_MEAN_PELVIS, SpinFrames, load_spin_npz, smpl_rest_joints
-from fast_anerf.errors import DataError, UserError, writing
+from fast_anerf.data.from_spin import (
+    ALIASES,
+    SMPL_MEAN_PELVIS,
+    SpinFrames,
+    crop_camera_to_full,
+    load_spin_npz,
+    smpl_rest_joints,
+)
+from fast_anerf.errors import DataError, UserError
+from fast_anerf.run_files import atomic_file
 from fast_anerf.skeleton import axis_angle_to_matrix, matrix_to_axis_angle
 
 OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0])  # flips a camera's y and z axes, both ways
@@ -102,20 +109,6 @@ def _file_betas(data: AnerfData) -> np.ndarray | None:
     return betas if len(betas) == data.n_images else betas[data.pose_idxs]
 
 
-def _write_npz(out: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` under a temporary name, renamed into place: never a half-written ``out``."""
-    with writing(out):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
 def export_spin(
     path: str | os.PathLike,
     out: str | os.PathLike,
@@ -140,8 +133,7 @@ def export_spin(
         raise UserError(f"--bbox-scale is {bbox_scale}; expected the factor given to from-spin (default 1)")
     with open_anerf_h5(path) as data:
         n, arrays, pose_idxs = data.n_images, data.arrays, data.pose_idxs
-        ext = float(np.asarray(arrays["ext_scale"]).reshape(-1)[0]) if "ext_scale" in arrays else 0.001
-        metres = 0.001 / ext  # per world unit
+        metres = 0.001 / (data.ext_scale if data.ext_scale is not None else 0.001)  # per world unit
         c2ws = arrays["c2ws"].astype(np.float64)
         c2ws[:, :3, 3] *= metres
         centers = np.array([data.center(i) for i in range(n)], np.float64)
@@ -194,7 +186,8 @@ def export_spin(
         spin_out["frame_ids"] = kp_idxs.astype(np.int64)
     if img_paths is not None and len(img_paths) == n:
         spin_out["img_paths"] = np.asarray(img_paths, dtype=str)
-    _write_npz(out, spin_out)
+    with atomic_file(out) as handle:  # never a half-written npz
+        np.savez(handle, **spin_out)
     return summary
 
 
@@ -212,12 +205,10 @@ def _kept_keys(spin_path: Path, rows: np.ndarray) -> dict[str, np.ndarray]:
 def _as_converted(spin: SpinFrames, rows, boxes, focals, centers, rest, pelvis) -> np.ndarray:
     """The SPIN file's joints ``[N, 24, 3]`` m in each camera, where ``from-spin`` put them: its rotations on the
     same rest skeleton (``rest [24, 3]`` m; None: the built-in one), pelvis at ``pelvis [N, 3]`` m, translated
-    by its weak-perspective camera at the ``.h5``'s focals (``crop_camera_to_full``; ``boxes`` side scaled)."""
+    by its weak-perspective camera at the ``.h5``'s focals and principal points (``boxes`` side scaled)."""
     from fast_anerf.data.synthetic import builtin_rest_pose, pose_arrays
 
     rest = np.asarray(rest if rest is not None else builtin_rest_pose(), np.float32)
-    s, tx, ty = spin.cameras[rows].T
-    offset = (boxes[:, :2] - centers) * 2 / (s * boxes[:, 2])[:, None]
-    t = np.stack([tx + offset[:, 0], ty + offset[:, 1], 2 * focals / (s * boxes[:, 2])], axis=-1)
+    t = crop_camera_to_full(spin.cameras[rows], boxes, centers, focals)[1]
     bones = matrix_to_axis_angle(torch.as_tensor(spin.rotmats[rows])).numpy()
     return pose_arrays(rest, bones, pelvis)["kp3d"].astype(np.float64) + t[:, None]
