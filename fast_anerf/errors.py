@@ -68,3 +68,9 @@ def folder_holds(folder) -> str:
     if not found:
         return ""
     return " (it holds " + ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "") + ")"
+
+
+def refuse_to_replace(path: Path, overwrite: bool) -> None:
+    """The one line for an output that is already there: a user's earlier result is never replaced unasked."""
+    if Path(path).exists() and not overwrite:
+        raise UserError(f"{path}: exists — choose another --out, or pass --overwrite to replace it")

@@ -8,8 +8,6 @@ dict of ``Character``), and the trainer's ``optimizer``, ``step``, ``rng``, ``el
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +17,9 @@ from torch import nn
 from fast_anerf.anerf_field import ANeRFField
 from fast_anerf.bone_boxes import bone_boxes, skeleton_height
 from fast_anerf.config import RunConfig
-from fast_anerf.errors import CheckpointError, writing
+from fast_anerf.errors import CheckpointError
 from fast_anerf.field import FastField
+from fast_anerf.run_files import atomic_file
 from fast_anerf.sampling.occupancy import BoneOccupancy, density_in_poses
 
 CHECKPOINT_VERSION = 1
@@ -84,20 +83,13 @@ class Character(nn.Module):
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Save to a temporary file in the same folder, fsync, then rename: never a half-written file."""
-    path = Path(path)
-    with writing(path):  # a full disk or a read-only folder: one line naming the file; the old one stays
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Save to a temporary file in the same folder, fsync, then rename: never a half-written file; a full disk
+    or a read-only folder gives one line naming the file, and the old file stays."""
+    with atomic_file(path, "wb", durable=True) as handle:
         try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(obj, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException as error:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(error, RuntimeError) and isinstance(error.__context__, OSError):
+            torch.save(obj, handle)  # a Python file, not a path: torch's own C++ writer loses the OSError
+        except RuntimeError as error:
+            if isinstance(error.__context__, OSError):
                 raise error.__context__ from None  # torch's zip writer hides a failed write (full disk) this way
             raise
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import h5py
@@ -12,7 +10,7 @@ import numpy as np
 import torch
 
 from fast_anerf.data.rays import bounding_cylinder
-from fast_anerf.errors import writing
+from fast_anerf.run_files import atomic_path
 
 
 def export_refined_poses(source: Path, target: Path, poses: dict[str, torch.Tensor]) -> Path:
@@ -22,17 +20,7 @@ def export_refined_poses(source: Path, target: Path, poses: dict[str, torch.Tens
         poses: ``bones [P, 24, 3]`` axis-angle, ``kp3d [P, 24, 3]``, ``skts [P, 24, 4, 4]``; P = the source's
             pose rows. The copy is written to a temporary file and renamed (never a half-written file).
     """
-    target = Path(target)
-    with writing(target):  # a full disk or a read-only folder: one line naming the file
-        _export(source, target, poses)
-    return target
-
-
-def _export(source: Path, target: Path, poses: dict[str, torch.Tensor]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_path(target, durable=True) as tmp:
         shutil.copyfile(source, tmp)
         with h5py.File(tmp, "a") as handle:
             for key in ("bones", "kp3d", "skts"):
@@ -44,7 +32,4 @@ def _export(source: Path, target: Path, poses: dict[str, torch.Tensor]) -> None:
                 del handle["cyls"]
                 cyls = bounding_cylinder(poses["kp3d"].detach().cpu().double()).float().numpy()
                 handle.create_dataset("cyls", data=cyls, compression="gzip")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return Path(target)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from fast_anerf.data.split import RayPool, load_split
-from fast_anerf.errors import UserError
+from fast_anerf.errors import UserError, refuse_to_replace
 from fast_anerf.model import load_character
 from fast_anerf.pose import PoseRefiner, RefinablePoses
 from fast_anerf.pose_io import export_refined_poses
@@ -37,8 +37,7 @@ def run_refine(args) -> dict:
     from fast_anerf.train import all_finite, photometric_loss
 
     out = Path(args.out)
-    if (out / "refined.h5").exists() and not args.overwrite:
-        raise UserError(f"{out / 'refined.h5'} exists; choose another --out or pass --overwrite")
+    refuse_to_replace(out / "refined.h5", args.overwrite)
     device = pick_device(args.device)
     model, _ = load_character(args.ckpt, device=device, backend=args.backend)
     model.eval()

@@ -111,6 +111,30 @@ def test_failing_writer_keeps_earlier_outputs(fx, tmp_path, command, monkeypatch
     assert leftovers == []
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+def test_outputs_get_the_usual_permissions(fx, tmp_path, command):
+    # A checkpoint or an eval.json that only its owner can read is no use on a shared server: the temporary name
+    # an atomic write renames must take the umask's permissions (tempfile.mkstemp would make it 0600).
+    out = tmp_path / "out"
+    previous = os.umask(0o022)
+    try:
+        assert fuzz.run_cli(_argv(command, fx, out))[0] == 0
+    finally:
+        os.umask(previous)
+    modes = {str(p.relative_to(out)): oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()}
+    assert modes and {name: mode for name, mode in modes.items() if mode != "0o644"} == {}
+
+
+def test_refine_never_replaces_its_earlier_output_unasked(fx, tmp_path):
+    argv = _argv("refine", fx, tmp_path)
+    assert fuzz.run_cli(argv)[0] == 0
+    refined = tmp_path / "refine" / "refined.h5"
+    before = refined.read_bytes()
+    code, _, err = fuzz.run_cli([a for a in argv if a != "--overwrite"])
+    _one_line_error(code, err, str(refined), "exists — choose another --out, or pass --overwrite")
+    assert refined.read_bytes() == before
+
+
 @pytest.mark.parametrize("command", ["train", "refine"])
 def test_unwritable_folder_is_one_line(fx, tmp_path, command, monkeypatch):
     # No write permission (root ignores permission bits, so the refusal is simulated where the OS says it).

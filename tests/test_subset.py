@@ -96,7 +96,7 @@ def test_surreal_cameras_share_pose_rows(tmp_path, capsys):
         (["--select", "4:2"], "chooses no images"),
         ([], "pass --select and/or --cameras"),
         (["--select", "0:2", "--out", "{dir}/src.h5"], "--out is the source file"),
-        (["--select", "0:2", "--out", "{dir}/exists.h5"], "exists; pass --overwrite"),
+        (["--select", "0:2", "--out", "{dir}/exists.h5"], "exists — choose another --out, or pass --overwrite"),
     ],
 )
 def test_bad_selections_are_one_line_errors_and_write_nothing(args, message, tmp_path, capsys):

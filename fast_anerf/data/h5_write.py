@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import h5py
 import numpy as np
 
 from fast_anerf.data.anerf_h5 import IMAGE_KEYS, REQUIRED_KEYS, _err
-from fast_anerf.errors import writing
+from fast_anerf.run_files import atomic_path
 
 
 def _flat_images(path: Path, key: str, value: Any, hw: tuple[int, int], channels: int) -> np.ndarray:
@@ -124,19 +123,5 @@ def atomic_h5(path: Path) -> Iterator[h5py.File]:
     never leaves a partial file and never damages an older file at ``path``, nor the folders it made for it.
     ``OSError`` (a full disk, a read-only folder) becomes one line naming ``path``.
     """
-    made = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with h5py.File(tmp, "w") as f:
-                yield f
-            with open(tmp, "rb") as fh:  # the rename is only atomic if the data reached the disk first
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            for folder in made:  # innermost first; only if still empty (another writer may have used it)
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-            raise
+    with atomic_path(path, durable=True) as tmp, h5py.File(tmp, "w") as f:
+        yield f

@@ -15,7 +15,6 @@ memory), reused while the file is unchanged, and replaced (the stale copy delete
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 from fast_anerf.cache import cache_dir
 from fast_anerf.data.anerf_h5 import AnerfData
 from fast_anerf.errors import DataError, writing
+from fast_anerf.run_files import atomic_path
 
 _BLOCK = 64  # images per copy step
 
@@ -84,16 +84,10 @@ def _build(data: AnerfData, target: Path, shape: tuple[int, ...]) -> None:
     # Copies of older versions of this file are stale: same stem and path hash, another version hash.
     for old in folder.glob(target.name.rsplit("-", 1)[0] + "-*.npy"):
         old.unlink(missing_ok=True)
-    tmp = folder / f".{target.name}.{os.getpid()}.tmp"
-    try:
-        with writing(target):
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-            for a in range(0, shape[0], _BLOCK):
-                b = min(shape[0], a + _BLOCK)
-                out[a:b] = data.read("imgs", slice(a, b)).reshape(b - a, *shape[1:])
-            out.flush()
-            del out
-            os.replace(tmp, target)  # complete or absent: a killed build never leaves a short copy
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp:  # complete or absent: a killed build never leaves a short copy
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        for a in range(0, shape[0], _BLOCK):
+            b = min(shape[0], a + _BLOCK)
+            out[a:b] = data.read("imgs", slice(a, b)).reshape(b - a, *shape[1:])
+        out.flush()
+        del out

@@ -21,8 +21,8 @@ from fast_anerf.data.anerf_h5 import open_anerf_h5
 from fast_anerf.data.image_cache import human_size
 from fast_anerf.data.rays import project_points
 from fast_anerf.data.split import least_memory
-from fast_anerf.errors import writing
 from fast_anerf.media import draw_segment
+from fast_anerf.run_files import atomic_path
 from fast_anerf.skeleton import SMPL_JOINT_NAMES, SMPL_PARENTS, bone_lengths
 
 JOINT_COLOUR = (255, 0, 0)
@@ -113,15 +113,8 @@ def write_contact_sheet(data, sheet_path: Path, n_frames: int = 16) -> list[int]
         r, c = divmod(k, cols)
         draw.text((c * tw + 2, r * (th + LABEL_HEIGHT) + 1), f"#{i}", fill=(0, 0, 0))
     sheet_path = Path(sheet_path)
-    with writing(sheet_path):  # a full disk or a read-only folder: one line naming the file
-        sheet_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = sheet_path.with_name(f".{sheet_path.name}.{os.getpid()}.tmp")
-        try:
-            image.save(tmp, format="PNG")
-            os.replace(tmp, sheet_path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    with atomic_path(sheet_path) as tmp:  # a full disk or a read-only folder: one line naming the file
+        image.save(tmp, format="PNG")
     return idxs
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from fast_anerf.data.anerf_h5 import IMAGE_KEYS, AnerfData, open_anerf_h5
 from fast_anerf.data.h5_write import atomic_h5, image_chunks
-from fast_anerf.errors import UserError
+from fast_anerf.errors import UserError, refuse_to_replace
 
 _BLOCK = 64  # images per copy step
 # Rows: one per image (expanded by the reader: c2ws, focals, centers), one per pose row, or either.
@@ -85,8 +85,7 @@ def write_subset(
     source, out = Path(source), Path(out)
     if out.exists() and out.resolve() == source.resolve():
         raise UserError(f"{out}: --out is the source file; write the subset to another path")
-    if out.exists() and not overwrite:
-        raise UserError(f"{out}: exists; pass --overwrite to replace it, or choose another --out")
+    refuse_to_replace(out, overwrite)
     with open_anerf_h5(source) as data:
         n = data.n_images
         ids = parse_selection(select, n) if select is not None else np.arange(n)

@@ -58,7 +58,8 @@ from fast_anerf.data import motions
 from fast_anerf.data.anerf_h5 import dilate_mask
 from fast_anerf.data.h5_write import write_anerf_h5
 from fast_anerf.data.rays import bounding_cylinder, image_rays
-from fast_anerf.errors import UserError, writing
+from fast_anerf.errors import UserError
+from fast_anerf.run_files import atomic_path
 from fast_anerf.skeleton import axis_angle_to_matrix, matrix_to_axis_angle, pose_skeleton
 
 FORMAT_VERSION = 1
@@ -407,9 +408,7 @@ def generate_dataset(
         log(line, flush=True)
     report.append(f"  noisy training poses: MPJPE {mpjpe_mm:.1f} mm (gt_kp3d vs kp3d, no alignment)")
     report.append(f"  total {time.perf_counter() - start:.1f} s")
-    tmp = out / f".report.txt.{os.getpid()}.tmp"
-    with writing(out / "report.txt"):
+    with atomic_path(out / "report.txt") as tmp:
         tmp.write_text("\n".join(report) + "\n")
-        os.replace(tmp, out / "report.txt")
     log("\n".join(report[-2:]))
     return paths

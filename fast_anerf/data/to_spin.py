@@ -46,7 +46,7 @@ from fast_anerf.data.from_spin import (
     load_spin_npz,
     smpl_rest_joints,
 )
-from fast_anerf.errors import DataError, UserError
+from fast_anerf.errors import DataError, UserError, refuse_to_replace
 from fast_anerf.run_files import atomic_file
 from fast_anerf.skeleton import axis_angle_to_matrix, matrix_to_axis_angle
 
@@ -127,8 +127,7 @@ def export_spin(
         raise UserError(f"{out}: --out must be an .npz file (the SPIN format)")
     if spin_path is not None and out.resolve() == Path(spin_path).resolve():
         raise UserError(f"{out}: is the SPIN file given to --spin — pass another --out (it is never overwritten)")
-    if out.exists() and not overwrite:
-        raise UserError(f"{out}: exists — pass another --out, or --overwrite to replace it")
+    refuse_to_replace(out, overwrite)
     if not (np.isfinite(bbox_scale) and bbox_scale > 0):
         raise UserError(f"--bbox-scale is {bbox_scale}; expected the factor given to from-spin (default 1)")
     with open_anerf_h5(path) as data:
