@@ -28,7 +28,11 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = N
 
 
 def ssim_map(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Per-pixel SSIM (Wang et al. 2004; Gaussian window 11, sigma 1.5), mean over channels: ``[H, W]``."""
+    """Per-pixel SSIM (Wang et al. 2004; Gaussian window 11, sigma 1.5), mean over channels: ``[H, W]``.
+
+    Windows that overhang the border see zeros there, as in the pytorch-msssim fork A-NeRF's ``--eval`` uses
+    (``F.conv2d(..., padding=window // 2)``), so our numbers compare with its tables.
+    """
     coords = torch.arange(window, dtype=pred.dtype) - window // 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
     g = g / g.sum()
@@ -37,7 +41,7 @@ def ssim_map(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: 
     y = target.permute(2, 0, 1)[None]
 
     def blur(z: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.pad(z, [window // 2] * 4, mode="replicate"), kernel, groups=3)
+        return F.conv2d(z, kernel, padding=window // 2, groups=3)
 
     mu_x, mu_y = blur(x), blur(y)
     var_x = blur(x * x) - mu_x**2
@@ -79,6 +83,10 @@ def cylinder_box(kp3d: torch.Tensor, c2w: torch.Tensor, focal: float, center: tu
 def evaluate_split(model, split: Split, settings, max_frames: int | None = None, chunk: int = 4096) -> dict:
     """Render frames of a split with its poses and cameras (mean appearance code) and score them.
 
+    The ground truth is, as in A-NeRF's ``--eval``, the photo's foreground (its mask) over the file's background
+    image when the file has one (``bkgds``: the model renders onto it, and the photo's own background differs
+    from it by noise, light changes and passers-by no model can know); the photo itself otherwise.
+
     Returns a dict with mean ``psnr``, ``ssim``, ``psnr_fg``, ``ssim_fg``, ``frames``, ``seconds_per_frame``
     and per-frame lists, plus the first frame's ``(pred, gt)`` ``[H, W, 3]`` under ``_preview`` (only that one
     is kept: held-out splits of A-NeRF's data have hundreds of 512^2 frames).
@@ -110,6 +118,8 @@ def evaluate_split(model, split: Split, settings, max_frames: int | None = None,
         pred = out["rgb"].cpu().clamp(0, 1)
         gt = split.image(i)
         mask = split.masks[i]
+        if split.bkgds_u8 is not None:  # A-NeRF's --eval: the photo's body over the background the model renders on
+            gt = torch.where(mask[..., None], gt, split.background(i))
         per_frame["psnr"].append(psnr(pred, gt))
         per_frame["ssim"].append(ssim(pred, gt))
         center = tuple(split.centers[i].tolist())

@@ -235,8 +235,14 @@ class PoseRefiner:
             self.optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict:
-        return {"poses": self.poses.state_dict(), "optimizer": self.optimizer.state_dict()}
+        """Poses, Adam's moments and the gradients gathered since the last pose step (with ``step_every > 1`` a
+        checkpoint can fall mid-window; without them a resumed run would step on a partial sum)."""
+        pending = {name: p.grad.clone() for name, p in self.poses.named_parameters() if p.grad is not None}
+        return {"poses": self.poses.state_dict(), "optimizer": self.optimizer.state_dict(), "pending_grads": pending}
 
     def load_state_dict(self, state: dict) -> None:
         self.poses.load_state_dict(state["poses"])
         self.optimizer.load_state_dict(state["optimizer"])
+        pending = state.get("pending_grads", {})  # absent in checkpoints of older versions: none pending
+        for name, p in self.poses.named_parameters():
+            p.grad = pending[name].to(p.device).clone() if name in pending else None

@@ -69,6 +69,32 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path, one_torch_thread):
         assert torch.equal(p, q), name
 
 
+def test_resume_mid_pose_window_equals_uninterrupted(tiny_data, tmp_path, monkeypatch, one_torch_thread):
+    # A-NeRF steps the poses every 20-50 iterations with the gradients summed in between: a checkpoint taken
+    # inside such a window must carry the partial sum (steps 1-5, window of 4: checkpoint at 5 holds step 5's).
+    import fast_anerf.train as train_module
+
+    small = train_module.load_preset
+
+    def windowed(name):
+        cfg = small(name)
+        return replace(cfg, train=replace(cfg.train, pose_start=0, pose_step_every=4))
+
+    monkeypatch.setattr(train_module, "load_preset", windowed)
+    straight = Trainer(_args(tiny_data, tmp_path / "a", steps=10))
+    straight.run()
+    Trainer(_args(tiny_data, tmp_path / "b", steps=5)).run()
+    resumed = Trainer(_args(tiny_data, tmp_path / "b", steps=10, resume=True))
+    resumed.run()
+    assert straight.refiner is not None
+    poses_a, poses_b = straight.refiner.poses.state_dict(), resumed.refiner.poses.state_dict()
+    assert not torch.equal(poses_a["root"], poses_a["anchor_root"])  # the poses did move (steps 4 and 8)
+    for name in poses_a:
+        assert torch.equal(poses_a[name], poses_b[name]), name
+    for (name, p), (_, q) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(p, q), name
+
+
 def test_existing_run_needs_resume_flag(tiny_data, tmp_path, capsys):
     Trainer(_args(tiny_data, tmp_path / "run", steps=2)).run()
     code = entrypoint(["train", "--data", str(tiny_data), "--out", str(tmp_path / "run"), "--steps", "2"])
