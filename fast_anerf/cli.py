@@ -139,7 +139,7 @@ class Inspect:
         from fast_anerf.data.inspect import inspect_file
 
         sheet = self.sheet if self.sheet is not None else self.path.with_name(self.path.stem + "_sheet.png")
-        print(inspect_file(self.path, sheet_path=sheet, n_frames=self.frames))
+        print(inspect_file(self.path, sheet_path=sheet, n_frames=self.frames, sheet_required=self.sheet is not None))
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,46 @@ def test_kp_idxs_and_shared_camera(tmp_path):
         np.testing.assert_array_equal(data.arrays["c2ws"][5], d["c2ws"])
 
 
+def test_perfcap_style_float_indices_are_whole_numbers(tmp_path):
+    # A-NeRF's PerfCap writer stores bkgd_idxs = np.zeros(N) as float32; A-NeRF reads it with astype(int64).
+    d = anerf_style(n=N, n_poses=N)
+    d["bkgds"] = np.zeros((1, H * W, 3), np.uint8)
+    d["bkgd_idxs"] = np.zeros(N, np.float32)
+    d["kp_idxs"] = np.arange(N, dtype=np.float32)
+    with open_anerf_h5(raw_write(tmp_path / "perfcap.h5", d)) as data:
+        assert data.arrays["bkgd_idxs"].dtype == np.int64 and data.background(3).shape == (H, W, 3)
+        assert data.arrays["kp_idxs"].tolist() == list(range(N))
+    d["bkgd_idxs"] = np.full(N, 0.5, np.float32)
+    with pytest.raises(DataError, match=rf"'bkgd_idxs' has shape \({N},\) \(float32\); expected \({N},\) whole"):
+        open_anerf_h5(raw_write(tmp_path / "half.h5", d))
+
+
+def test_per_camera_rows_follow_cam_idxs_in_any_image_order(tmp_path):
+    # Four cameras, images ordered frame by frame (camera 0 1 2 3 0 1 2 3 ...): cam_idxs says which is which.
+    n, n_cams = 8, 4
+    d = anerf_style(n=n, n_poses=n // n_cams)
+    cameras, focals = d["c2ws"][:n_cams], np.array([100.0, 200.0, 300.0, 400.0], np.float32)
+    d.update(c2ws=cameras, focals=focals, cam_idxs=np.arange(n) % n_cams, kp_idxs=np.arange(n) // n_cams)
+    with open_anerf_h5(raw_write(tmp_path / "frames.h5", d)) as data:
+        assert data.arrays["focals"].tolist() == [100, 200, 300, 400] * 2
+        np.testing.assert_array_equal(data.arrays["c2ws"][6], cameras[2])
+        assert [data.pose_index(i) for i in range(n)] == [0, 0, 0, 0, 1, 1, 1, 1]
+    del d["cam_idxs"]  # without it, SURREAL's camera blocks (image i -> camera i // poses)
+    with open_anerf_h5(raw_write(tmp_path / "blocks.h5", d)) as data:
+        assert data.arrays["focals"].tolist() == [100, 100, 200, 200, 300, 300, 400, 400]
+
+
+def test_anerfs_stored_ext_scale_reads_as_its_nominal_millimetres(tmp_path):
+    # process_spin.py / load_surreal.py store 0.001 * 0.25 / 0.00035; A-NeRF measures in 0.001 per nominal mm.
+    d = anerf_style()
+    d["ext_scale"] = np.float64(0.001 * 0.25 / 0.00035)
+    with open_anerf_h5(raw_write(tmp_path / "anerf.h5", d)) as data:
+        assert data.ext_scale == 0.001 and data.pose_scale == 1.0
+    d["ext_scale"], d["pose_scale"] = np.float32(0.01), np.float32(1.5)  # any other value is the file's own
+    with open_anerf_h5(raw_write(tmp_path / "cm.h5", d)) as data:
+        assert data.ext_scale == pytest.approx(0.01) and data.pose_scale == 1.5
+
+
 def test_dilate_mask_matches_brute_force():
     rng = np.random.default_rng(1)
     mask = rng.random((2, 13, 17)) < 0.05

@@ -418,3 +418,15 @@ def test_a_damaged_frame_is_named_in_one_line(spin_case, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(damaged) in err and "replace the damaged file" in err
     assert not (root / "damaged.h5").exists()
+
+
+def test_mask_rules_for_each_kind_of_mask():
+    from fast_anerf.data.frames import binarize_mask
+
+    probabilities = np.array([[0.02, 0.49], [0.5, 0.97]])  # a segmentation network's output
+    assert binarize_mask(probabilities).tolist() == [[False, False], [True, True]]
+    assert binarize_mask(np.array([[0, 1], [1, 0]], np.uint8)).tolist() == [[False, True], [True, False]]
+    assert binarize_mask(np.array([[0, 1], [2, 255]], np.uint8)).tolist() == [[False, False], [True, True]]  # A-NeRF
+    colour = np.zeros((1, 2, 3), np.uint8)
+    colour[0, 1, 2] = 200
+    assert binarize_mask(colour).tolist() == [[False, True]]

@@ -184,6 +184,29 @@ def test_cuda_without_nerfaccs_kernels_falls_back_to_torch_with_one_warning(monk
     volrend._warn_no_nerfacc.cache_clear()
 
 
+@pytest.mark.parametrize("value", ["off", "0", " OFF "])
+def test_nerfacc_can_be_switched_off_without_a_warning(monkeypatch, value):
+    """FAST_ANERF_NERFACC=off: nerfacc is never imported (no minutes-long build, no build lock) and, since the
+    user asked for it, no warning says to install nvcc."""
+    import sys
+    from types import SimpleNamespace
+
+    from fast_anerf.sampling import volrend
+
+    monkeypatch.setenv("FAST_ANERF_NERFACC", value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    volrend.nerfacc_cuda.cache_clear()
+    volrend._warn_no_nerfacc.cache_clear()
+    try:
+        assert volrend.nerfacc_cuda() == (False, "switched off by FAST_ANERF_NERFACC")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert volrend.use_nerfacc(SimpleNamespace(is_cuda=True)) is False
+        assert "nerfacc.cuda._backend" not in sys.modules
+    finally:
+        volrend.nerfacc_cuda.cache_clear()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="nerfacc's grid traversal needs CUDA")
 def test_nerfacc_marching_equals_torch_marching_on_cuda():
     occ, skts, rays_o, rays_d = _scene(n_rays=2000, dtype=torch.float32)

@@ -125,6 +125,27 @@ def test_outputs_get_the_usual_permissions(fx, tmp_path, command):
     assert modes and {name: mode for name, mode in modes.items() if mode != "0o644"} == {}
 
 
+def test_inspect_reports_a_file_on_a_read_only_disk(fx, tmp_path, monkeypatch):
+    # Data often sits on a read-only share: the default sheet (next to the file) then cannot be written, but
+    # the report must still come, saying so; a --sheet the user asked for stays an error.
+    data = tmp_path / "share"
+    data.mkdir()
+    shutil.copy(fx.data / "train.h5", data / "train.h5")
+    real_mkdir = Path.mkdir
+
+    def refuse(self, *args, **kwargs):
+        if self == data or self.is_relative_to(data):
+            raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    code, out, err = fuzz.run_cli(["data", "inspect", str(data / "train.h5"), "--frames", "2"])
+    assert code == 0, err
+    assert "frames: 8 images" in out and "contact sheet: not written" in out and "pass --sheet PATH" in out
+    code, _, err = fuzz.run_cli(["data", "inspect", str(data / "train.h5"), "--sheet", str(data / "s.png")])
+    _one_line_error(code, err, str(data / "s.png"), "Read-only file system")
+
+
 def test_refine_never_replaces_its_earlier_output_unasked(fx, tmp_path):
     argv = _argv("refine", fx, tmp_path)
     assert fuzz.run_cli(argv)[0] == 0

@@ -82,6 +82,12 @@ def test_surreal_cameras_share_pose_rows(tmp_path, capsys):
     shared = per_image(tmp_path / "shared.h5")
     assert shared["n_poses"] == 2
     assert_selected(per_image(src), shared, np.array([1, 5, 9, 2]))
+    # The subset says which camera each image came from, so it can be split by camera again.
+    with open_anerf_h5(out) as picked:
+        assert picked.arrays["cam_idxs"].tolist() == [0] * 4 + [2] * 4
+    again = tmp_path / "cam2.h5"
+    assert entrypoint(["data", "subset", str(out), "--out", str(again), "--cameras", "2"]) == 0
+    assert_selected(per_image(src), per_image(again), np.r_[8:12])
 
 
 @pytest.mark.parametrize(

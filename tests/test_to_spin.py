@@ -161,3 +161,32 @@ def test_bad_input_one_line_exit_2_nothing_written(spin_case, capsys, case, expe
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and expect in err[0], err
     assert (out.read_bytes() if out.exists() else None) == before  # untouched, or not created
     assert not list(root.glob(f".{out.name}*"))  # no temporary file left behind
+
+
+def test_anerfs_own_scale_conventions_give_the_same_smpl_parameters(spin_case, tmp_path):
+    """A-NeRF's SPIN-derived files hold SMPL's metres x ``pose_scale`` and store ext_scale 0.001 x 0.25 / 0.00035:
+    the same poses in that form give the same SMPL parameters and metres."""
+    code, h5 = _run(spin_case, out="metres.h5")
+    assert code == 0
+    plain = _to_spin(h5, tmp_path / "plain.npz")
+    scaled, scale = tmp_path / "anerf_units.h5", 1.7
+    import shutil
+
+    import h5py
+
+    shutil.copy(h5, scaled)
+    with h5py.File(scaled, "r+") as f:
+        for key in ("kp3d", "rest_pose", "cyls"):
+            f[key][...] = f[key][...] * scale
+        for key in ("skts", "c2ws"):
+            value = f[key][...]
+            value[..., :3, 3] *= scale
+            f[key][...] = value
+        for key, value in (("pose_scale", scale), ("ext_scale", 0.001 * 0.25 / 0.00035)):
+            del f[key]
+            f.create_dataset(key, data=np.float64(value))
+    with open_anerf_h5(scaled) as data:
+        assert data.ext_scale == 0.001 and data.pose_scale == pytest.approx(scale)
+    anerf = _to_spin(scaled, tmp_path / "anerf.npz")
+    for key in ("pred_rotmat", "transl", "joints3d", "focal", "center"):
+        np.testing.assert_allclose(anerf[key], plain[key], rtol=1e-5, atol=1e-5, err_msg=key)

@@ -17,6 +17,7 @@ disk and are read one at a time (A-NeRF files reach tens of GB).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from fast_anerf.errors import DataError
 
 REQUIRED_KEYS = ("imgs", "masks", "img_shape", "kp3d", "bones", "skts", "c2ws", "focals")
 IMAGE_KEYS = ("imgs", "masks", "sampling_masks", "bkgds")  # read lazily, never loaded whole on open
+ANERF_DATASET_SCALE = 0.25 / 0.00035  # A-NeRF folds this into the ext_scale its files store (``ext_scale``)
 KNOWN_KEYS = REQUIRED_KEYS + (
     "sampling_masks", "bkgds", "bkgd_idxs", "centers", "cyls", "rest_pose", "betas", "kp_idxs", "cam_idxs",
     "ext_scale", "pose_scale", "img_paths", "train_idxs", "val_idxs",
@@ -123,9 +125,27 @@ class AnerfData:
 
     @property
     def ext_scale(self) -> float | None:
-        """A-NeRF's ``ext_scale`` (mm x ext_scale = world units: 0.001 when world units are metres), or None."""
+        """Millimetres x ``ext_scale`` = world units (0.001 when world units are metres), or None.
+
+        A-NeRF's own files (``process_spin.py``, ``load_surreal.py``) store ``0.001 * 0.25 / 0.00035`` (0.714,
+        the factor its reference skeleton was scaled by) while A-NeRF itself measures in ``0.001`` per nominal
+        millimetre (its 250 mm cylinder margin = 0.25 units, its 500 mm cutoff = 0.5): for those files this is
+        0.001, and their millimetres are nominal (``pose_scale`` relates them to SMPL's metres).
+        """
         ext = self.arrays.get("ext_scale")
-        return float(np.asarray(ext).reshape(-1)[0]) if ext is not None else None
+        if ext is None:
+            return None
+        value = float(np.asarray(ext).reshape(-1)[0])
+        if math.isclose(value, 0.001 * ANERF_DATASET_SCALE, rel_tol=1e-4):
+            return 0.001
+        return value
+
+    @property
+    def pose_scale(self) -> float:
+        """World units per metre of SMPL's skeleton: A-NeRF rescales SPIN skeletons to a reference size and
+        stores the factor (``pose_scale``); 1 in our files (metres) and where absent."""
+        scale = self.arrays.get("pose_scale")
+        return float(np.asarray(scale).reshape(-1)[0]) if scale is not None else 1.0
 
     @property
     def handle(self) -> h5py.File:
@@ -194,7 +214,9 @@ class AnerfData:
             self.arrays[key] = arr
         self._validate_images()
         self._validate_poses()
-        # Cameras: one per image, one shared, or one per SURREAL camera block (image i -> camera i // P).
+        self._validate_index_arrays()
+        # Cameras: one per image, one shared, or one per camera (image i -> camera cam_idxs[i], or i // P for
+        # SURREAL's camera blocks).
         self._per_image("c2ws", (4, 4))
         self._per_image("focals", ())
         if "centers" in self.arrays:
@@ -278,12 +300,22 @@ class AnerfData:
                 row = int(np.argmin(extent))
                 raise self._bad(key, f"pose {row} has all 24 joints at one point; expected a skeleton")
 
-    def _validate_indices(self) -> None:
-        n, p = self.n_images, self.n_poses
+    def _validate_index_arrays(self) -> None:
+        """``kp_idxs``, ``cam_idxs``, ``bkgd_idxs``: one whole number per image, kept as int64. Floats holding
+        whole numbers are accepted: A-NeRF's PerfCap writer stores ``bkgd_idxs = np.zeros(N)`` as float32 (and
+        A-NeRF reads it back with ``astype(np.int64)``)."""
+        n = self.n_images
         for key in ("kp_idxs", "cam_idxs", "bkgd_idxs"):
             a = self.arrays.get(key)
-            if a is not None and (a.shape != (n,) or a.dtype.kind not in "iu"):
-                raise self._bad(key, f"has shape {a.shape} ({a.dtype}); expected ({n},) ints, one per image")
+            if a is None:
+                continue
+            whole = a.dtype.kind in "iu" or (a.dtype.kind == "f" and np.isfinite(a).all() and (a == np.round(a)).all())
+            if a.shape != (n,) or not whole:
+                raise self._bad(key, f"has shape {a.shape} ({a.dtype}); expected ({n},) whole numbers, one per image")
+            self.arrays[key] = a.astype(np.int64)
+
+    def _validate_indices(self) -> None:
+        n, p = self.n_images, self.n_poses
         n_bg = self.keys["bkgds"][0][0] if "bkgds" in self.keys else 0
         b = self.arrays.get("bkgd_idxs")
         if b is not None and n_bg and (b.min() < 0 or b.max() >= n_bg):
@@ -315,13 +347,18 @@ class AnerfData:
         if a.shape == tail:
             a = a[None]
         rows = a.shape[0] if a.ndim == len(tail) + 1 else -1
-        if a.ndim != len(tail) + 1 or a.shape[1:] != tail or (rows not in (n, 1) and rows * p != n):
+        cams = self.arrays.get("cam_idxs")  # image -> camera row, when the file says so (any image order)
+        by_camera = rows not in (n, 1) and cams is not None and rows > 0 and cams.min() >= 0 and cams.max() < rows
+        if a.ndim != len(tail) + 1 or a.shape[1:] != tail or (rows not in (n, 1) and rows * p != n and not by_camera):
             got = self.keys[key][0]
             also = f" or {(n, 3, 4)}" if key == "c2ws" else ""  # [R | t] rows are read too
-            raise self._bad(key, f"has shape {got} but img_shape has {n} images; expected {(n, *tail)}{also}")
+            raise self._bad(key, f"has shape {got} but img_shape has {n} images; expected {(n, *tail)}{also}, one "
+                            "row shared by all, or one per camera with cam_idxs giving each image's")  # fmt: skip
         if rows == 1:
             a = np.repeat(a, n, axis=0)
-        elif rows != n:
+        elif by_camera:
+            a = a[cams]
+        elif rows != n:  # SURREAL: images ordered (camera, pose), no cam_idxs
             a = a[np.arange(n) // p]
         self.arrays[key] = np.ascontiguousarray(a)
 

@@ -17,11 +17,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def binarize_mask(mask: np.ndarray) -> np.ndarray:
-    """0-255 mask ``[H, W]`` or ``[H, W, C]`` -> bool ``[H, W]``: ``>= 2`` (A-NeRF), or ``> 0`` if its max is
-    <= 1 (a {0, 1} or bool mask). Colour masks use the max over the first three channels."""
+    """0-255 mask ``[H, W]`` or ``[H, W, C]`` -> bool ``[H, W]``: ``>= 2`` (A-NeRF), ``>= 0.5`` for floats in
+    [0, 1] (probabilities), or ``> 0`` for other masks whose max is <= 1 (bool, integer {0, 1}). Colour masks use
+    the max over the first three channels."""
     m = np.asarray(mask)
     if m.ndim == 3:
         m = m[..., :3].max(-1)
+    if m.dtype.kind == "f" and m.max(initial=0) <= 1:  # a segmentation network's probabilities (or 0.0 / 1.0)
+        return m >= 0.5
     if m.dtype == bool or m.max(initial=0) <= 1:
         return m > 0
     return m >= MASK_THRESHOLD

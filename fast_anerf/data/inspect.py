@@ -21,6 +21,7 @@ from fast_anerf.data.anerf_h5 import open_anerf_h5
 from fast_anerf.data.image_cache import human_size
 from fast_anerf.data.rays import project_points
 from fast_anerf.data.split import least_memory
+from fast_anerf.errors import OutputError
 from fast_anerf.media import draw_segment
 from fast_anerf.run_files import atomic_path
 from fast_anerf.skeleton import SMPL_JOINT_NAMES, SMPL_PARENTS, bone_lengths
@@ -118,13 +119,17 @@ def write_contact_sheet(data, sheet_path: Path, n_frames: int = 16) -> list[int]
     return idxs
 
 
-def inspect_file(path: str | os.PathLike, sheet_path: Path | None = None, n_frames: int = 16) -> str:
+def inspect_file(
+    path: str | os.PathLike, sheet_path: Path | None = None, n_frames: int = 16, sheet_required: bool = True
+) -> str:
     """Describe an A-NeRF ``.h5`` and optionally draw a contact sheet.
 
     Args:
         path: the ``.h5`` file (raises ``DataError`` with a one-line fix if it is unreadable or invalid).
         sheet_path: where to write the contact-sheet PNG (``None``: no sheet).
         n_frames: at most this many evenly spread images on the sheet.
+        sheet_required: False when ``sheet_path`` is only a default (next to a data file, perhaps on a
+            read-only disk): a sheet that cannot be written is then a line of the report, not an error.
     Returns:
         The multi-line report.
     """
@@ -160,6 +165,11 @@ def inspect_file(path: str | os.PathLike, sheet_path: Path | None = None, n_fram
         ]
         lines += _mpjpe_lines(a, data.pose_idxs, data.ext_scale)
         if sheet_path is not None:
-            idxs = write_contact_sheet(data, Path(sheet_path), n_frames)
-            lines.append(f"  contact sheet: {sheet_path} ({len(idxs)} frames: {idxs})")
+            try:
+                idxs = write_contact_sheet(data, Path(sheet_path), n_frames)
+                lines.append(f"  contact sheet: {sheet_path} ({len(idxs)} frames: {idxs})")
+            except OutputError as error:
+                if sheet_required:
+                    raise
+                lines.append(f"  contact sheet: not written ({error}); pass --sheet PATH to write it elsewhere")
     return "\n".join(lines)

@@ -127,6 +127,9 @@ def _copy(data: AnerfData, out: Path, ids: np.ndarray, pose_rows: np.ndarray, ne
         elif "kp_idxs" in data.arrays:
             # One pose per image: kp_idxs is bookkeeping, kept (Mixamo: the time instant --multiview groups by).
             f.create_dataset("kp_idxs", data=data.arrays["kp_idxs"][ids], compression="gzip")
+        cams = camera_ids(data, n) if "cam_idxs" not in data.arrays else None
+        if cams is not None:  # SURREAL's camera blocks do not survive a selection: say which camera each image is
+            f.create_dataset("cam_idxs", data=cams[ids], compression="gzip")
         for key in data.keys:
             if key in DROPPED_KEYS:
                 continue

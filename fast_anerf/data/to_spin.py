@@ -25,8 +25,9 @@ row, as SURREAL's cameras do, get the same body seen from their own camera):
   the SPIN file's (``tests/test_to_spin.py``).
 
 ``J_0`` is found as ``from-spin`` found it: the SPIN file's ``pred_joints`` (pelvis), else SMPL's ``J_0(betas)``
-with ``--smpl``, else SMPL's mean pelvis. Positions are the ``.h5``'s world units x ``0.001 / ext_scale``:
-metres (``ext_scale`` is 0.001 in ``from-spin``'s files, A-NeRF's data and the built-in character).
+with ``--smpl``, else SMPL's mean pelvis. Positions are the ``.h5``'s world units x ``0.001 / ext_scale /
+pose_scale``: metres (``from-spin``'s files and the built-in character are in metres; A-NeRF's SPIN-derived
+files scaled SMPL's metres by their ``pose_scale``).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def export_spin(
         raise UserError(f"--bbox-scale is {bbox_scale}; expected the factor given to from-spin (default 1)")
     with open_anerf_h5(path) as data:
         n, arrays, pose_idxs = data.n_images, data.arrays, data.pose_idxs
-        metres = 0.001 / (data.ext_scale if data.ext_scale is not None else 0.001)  # per world unit
+        metres = 0.001 / (data.ext_scale or 0.001) / data.pose_scale  # per world unit
         c2ws = arrays["c2ws"].astype(np.float64)
         c2ws[:, :3, 3] *= metres
         centers = np.array([data.center(i) for i in range(n)], np.float64)

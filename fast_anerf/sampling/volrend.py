@@ -8,15 +8,20 @@ On CUDA the weights come from ``nerfacc.render_weight_from_density`` (packed CUD
 the torch twin below (nerfacc's packed ops need CUDA, see specs/tcnn_nerfacc.md §C2). Both compute
 ``alpha = 1 - exp(-sigma * delta)``, ``T = exp(-exclusive_sum(sigma * delta))``, ``w = T * alpha``.
 nerfacc builds its CUDA extension on first use (nvcc + ninja, minutes); where that fails, CUDA tensors take
-the torch twin too, with one warning (``nerfacc_cuda``).
+the torch twin too, with one warning (``nerfacc_cuda``). ``FAST_ANERF_NERFACC=off`` skips nerfacc on purpose
+(no build: a broken toolchain, or a run that cannot wait for it).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 
 import torch
+
+SWITCHED_OFF = ("0", "off", "no", "false")
+SWITCHED_OFF_REASON = "switched off by FAST_ANERF_NERFACC"
 
 
 @functools.cache
@@ -27,6 +32,8 @@ def nerfacc_cuda() -> tuple[bool, str]:
     to None (every packed op then fails with an AttributeError), and a failed build raises. Callers with CUDA
     tensors fall back to the PyTorch twins (same results, slower) and warn once.
     """
+    if os.environ.get("FAST_ANERF_NERFACC", "").strip().lower() in SWITCHED_OFF:
+        return False, SWITCHED_OFF_REASON
     if not torch.cuda.is_available():
         return False, "no CUDA device"
     try:
@@ -43,7 +50,7 @@ def use_nerfacc(tensor: torch.Tensor) -> bool:
     if not tensor.is_cuda:
         return False
     ok, why = nerfacc_cuda()
-    if not ok:
+    if not ok and why != SWITCHED_OFF_REASON:
         _warn_no_nerfacc(why)
     return ok
 
@@ -97,13 +104,16 @@ def render_weights(
         ``weights [P]``, ``transmittance [P]`` (before the sample), ``alphas [P]``.
     """
     scale = ray_scale.index_select(0, ray_indices) if ray_scale is not None else 1.0
+    delta = (t_ends - t_starts) * scale  # [P] world units
     if sigmas.dtype == torch.float32 and use_nerfacc(sigmas):  # nerfacc's scan kernels read float32 only
         import nerfacc
 
+        # nerfacc takes sigma * (t_end - t_start): hand it the interval as (0, delta), so that it multiplies the
+        # same float32 numbers as the twin below (scaled t near 200 lose ~1e-3 of delta when subtracted again).
         return nerfacc.render_weight_from_density(
-            t_starts * scale, t_ends * scale, sigmas, ray_indices=ray_indices, n_rays=n_rays
+            torch.zeros_like(delta), delta, sigmas, ray_indices=ray_indices, n_rays=n_rays
         )
-    sigma_delta = sigmas * (t_ends - t_starts) * scale
+    sigma_delta = sigmas * delta
     alphas = 1.0 - torch.exp(-sigma_delta)
     transmittance = torch.exp(-exclusive_sum_packed(sigma_delta, ray_indices, n_rays))
     return transmittance * alphas, transmittance, alphas
