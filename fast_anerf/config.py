@@ -109,6 +109,7 @@ class TrainConfig:
     decay_rate: float = 0.1
     decay_steps: int = 20000
     adam_eps: float = 1e-15
+    adam_beta2: float = 0.99  # Instant-NGP's; A-NeRF's 0.999 (configs/anerf.toml)
     weight_decay_mlp: float = 1e-6
     loss: Literal["mse", "l1", "huber"] = "mse"
     # Logging, evaluation, checkpoints.
@@ -138,7 +139,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Values no run can use fail here, as one line naming the key (not as a traceback mid-training)."""
         positive = ("steps", "step_size", "rays_per_batch", "images_per_batch", "log_every", "chunk_rays",
-                    "eval_frames", "decay_steps", "occ_resolution")  # fmt: skip
+                    "eval_frames", "decay_steps", "occ_resolution", "decay_rate", "pose_lr_decay_rate")  # fmt: skip
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} = {getattr(self, name)!r} must be > 0")
@@ -147,6 +148,8 @@ class TrainConfig:
                      "lr_mlp", "pose_lr"):  # fmt: skip
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} = {getattr(self, name)!r} must be >= 0")
+        if not 0 <= self.adam_beta2 < 1:
+            raise ValueError(f"adam_beta2 = {self.adam_beta2!r} must be in [0, 1)")
         if self.rays_per_batch < self.images_per_batch:
             raise ValueError(f"rays_per_batch = {self.rays_per_batch} is below images_per_batch = "
                              f"{self.images_per_batch} (at least one ray per image)")  # fmt: skip

@@ -54,7 +54,8 @@ N_BONES = 24
 
 
 class _TruncExp(torch.autograd.Function):
-    """exp(x) whose gradient is computed from a clamped input, so huge raw densities cannot explode it."""
+    """exp(min(x, 15)) whose gradient is exp(clamp(x, -15, 15)): bounded, so huge raw densities cannot explode it,
+    and not 0 above 15 (a straight-through past the clamp), so a density pushed there can still come back down."""
 
     @staticmethod
     def forward(ctx, x):

@@ -147,6 +147,17 @@ def rigid_jitter(n: int, n_joints: int, rot_sigma: float, trans_sigma: float, ge
 _FRAME_NUMBER = re.compile(r"^(.*?)(\d+)(\D*)$")
 
 
+def pose_row_paths(pose_idxs: torch.Tensor, img_paths: list[str] | None, n_poses: int) -> list[str]:
+    """One image path per pose row (its first image's), which identifies consecutive frames for the temporal
+    loss; ``""`` for a row no image uses (it then has no neighbours); ``[]`` without paths."""
+    if not img_paths:
+        return []
+    paths = [""] * n_poses
+    for image, row in reversed(list(enumerate(pose_idxs.tolist()))):
+        paths[row] = img_paths[image]
+    return paths
+
+
 def temporal_neighbours(img_paths: list[str], n_poses: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Previous/next pose rows and validity from image paths (same folder/prefix, frame number +-1).
 

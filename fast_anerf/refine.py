@@ -18,7 +18,7 @@ import torch
 from fast_anerf.data.split import RayPool, load_split
 from fast_anerf.errors import UserError, refuse_to_replace
 from fast_anerf.model import load_character
-from fast_anerf.pose import PoseRefiner, RefinablePoses
+from fast_anerf.pose import PoseRefiner, RefinablePoses, pose_row_paths
 from fast_anerf.pose_io import export_refined_poses
 from fast_anerf.pose_metrics import refinement_errors
 from fast_anerf.renderer import RenderSettings, render_rays
@@ -37,6 +37,8 @@ def run_refine(args) -> dict:
     from fast_anerf.train import all_finite, photometric_loss
 
     out = Path(args.out)
+    if not args.lr_decay > 0:  # lr * decay ** fraction: 0 freezes the poses at once, < 0 has no real power
+        raise UserError(f"--lr-decay is {args.lr_decay}; expected a factor > 0 (1 = a constant learning rate)")
     refuse_to_replace(out / "refined.h5", args.overwrite)
     device = pick_device(args.device)
     model, _ = load_character(args.ckpt, device=device, backend=args.backend)
@@ -47,8 +49,7 @@ def run_refine(args) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
     pool = RayPool(split, args.rays_per_batch, min(64, split.n_images), generator)
     poses = RefinablePoses(split.bones, split.kp3d[:, 0], model.rest_pose.cpu()).to(device)
-    first_image = {int(row): i for i, row in reversed(list(enumerate(split.pose_idxs.tolist())))}
-    paths = [split.img_paths[first_image[r]] for r in range(poses.n_poses)] if split.img_paths else []
+    paths = pose_row_paths(split.pose_idxs, split.img_paths, poses.n_poses)
     refiner = PoseRefiner(poses, args.lr, temp_coef=args.temp_coef, img_paths=paths,
                           reg_coef=args.reg_coef, reg_tol=args.reg_tol)  # fmt: skip
     settings = RenderSettings.from_train(model.config.train, training=True)

@@ -4,6 +4,7 @@ may not change."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,10 +39,18 @@ def resolve_data(data: Path | None) -> tuple[Path, Path | None]:
             fix = ("pass the training file as --data FILE.h5 and a held-out one as --eval-data FILE.h5" if holds
                    else "pass an .h5 file or a folder holding train.h5")  # fmt: skip
             raise UserError(f"{data}: no train.h5 in this folder{holds}; {fix}")
-        return data / "train.h5", data
+        held_out = any((data / f"{name}.h5").is_file() for name in ("test_view", "test_pose"))
+        return data / "train.h5", data if held_out else None  # a folder of train.h5 alone: no evaluation
     if data.is_file():
         return data, None
     raise UserError(f"{data}: no such file or folder; pass an A-NeRF .h5 or a folder holding train.h5")
+
+
+def data_fingerprint(split: Split) -> str:
+    """What tells a run's training data from another file cheaply: image count and size, and a hash of the
+    file's poses (``kp3d``), so that ``--resume`` refuses other data that merely has as many images."""
+    digest = hashlib.sha256(split.kp3d.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+    return f"{split.n_images}x{split.height}x{split.width}:{digest}"
 
 
 def default_rest_pose(split: Split) -> torch.Tensor:

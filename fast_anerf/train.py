@@ -22,10 +22,11 @@ from fast_anerf.data.split import RayPool, Split, load_split
 from fast_anerf.errors import CheckpointError, UserError, writing
 from fast_anerf.evaluate import evaluate_split, find_eval_splits, format_table, public
 from fast_anerf.model import Character, load_character, read_checkpoint, save_checkpoint
-from fast_anerf.pose import PoseRefiner, RefinablePoses
+from fast_anerf.pose import PoseRefiner, RefinablePoses, pose_row_paths
 from fast_anerf.renderer import RenderSettings, render_rays
 from fast_anerf.run_files import summary_writer, write_json_atomic, write_png_atomic
 from fast_anerf.run_setup import (
+    data_fingerprint,
     default_rest_pose,
     pick_device,
     refuse_changed_settings,
@@ -48,7 +49,8 @@ def build_optimizer(model: Character, cfg) -> torch.optim.Adam:
         {"params": groups["codes"], "lr": cfg.lr_framecode, "base_lr": cfg.lr_framecode, "weight_decay": 0.0},
     ]
     # fused=True: one kernel over all tensors; on CPU ~10x cheaper than the per-tensor loop for big grids.
-    return torch.optim.Adam([g for g in spec if g["params"]], betas=(0.9, 0.99), eps=cfg.adam_eps, fused=True)
+    groups = [g for g in spec if g["params"]]
+    return torch.optim.Adam(groups, betas=(0.9, cfg.adam_beta2), eps=cfg.adam_eps, fused=True)
 
 
 def all_finite(tensors: list[torch.Tensor]) -> bool:
@@ -75,6 +77,10 @@ class Trainer:
     """Holds everything a run needs; ``run()`` trains, checkpoints, evaluates."""
 
     def __init__(self, args) -> None:
+        # Adam's moments of rarely touched hash entries decay into denormal floats within ~1000 steps, which
+        # slow CPU arithmetic ~10x (measured: 0.16 s -> 1.2 s per step); flush them to zero instead. First: torch's
+        # worker threads copy the setting when they start, and reading a checkpoint (--resume) starts them.
+        torch.set_flush_denormal(True)
         self.out = Path(args.out)
         self.ckpt_path = self.out / CHECKPOINT_NAME
         resume_state = None
@@ -118,9 +124,12 @@ class Trainer:
             # The run's own held-out data (its "data" is the training .h5 alone, whose folder may hold none).
             self.eval_dir = Path(resume_state["eval_data"])
         self.split = load_split(self.train_path, keep_masks=False)
-        # Adam's moments of rarely touched hash entries decay into denormal floats within ~1000 steps, which
-        # slow CPU arithmetic ~10x (measured: 0.16 s -> 1.2 s per step); flush them to zero instead.
-        torch.set_flush_denormal(True)
+        self.data_fingerprint = data_fingerprint(self.split)
+        stored_fingerprint = resume_state.get("data_fingerprint") if resume_state is not None else None
+        if stored_fingerprint not in (None, self.data_fingerprint):  # None: a checkpoint of an older version
+            raise UserError(f"{self.ckpt_path}: {self.train_path} is not the data this run trained on (other images "
+                            f"or poses); pass the run's own --data ({resume_state.get('data')}), or start a new "
+                            "run in another --out")  # fmt: skip
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.model = Character(config, default_rest_pose(self.split), self.split.n_images, backend=cfg.backend)
@@ -146,6 +155,11 @@ class Trainer:
                             "would drop them. Resume without that flag, or, once the run has finished, train a new "
                             f"model on them in another --out: --data {self.out / 'refined_poses.h5'} "
                             "--refine-poses off")  # fmt: skip
+        if resume_state is not None and resume_state.get("poses") is None and self.refiner is not None:
+            asked = f"--refine-poses {args.refine_poses}" if args.refine_poses else "this --data"
+            raise UserError(f"{self.ckpt_path}: the run trains on fixed poses; resuming with refinement ({asked}) "
+                            "would start moving them mid-run. Resume without that flag, or start a new run in "
+                            "another --out")  # fmt: skip
         self.step = 0
         self.elapsed = 0.0
         self.history: list[dict] = []
@@ -174,9 +188,7 @@ class Trainer:
         if cfg.multiview:
             time_ids = self._multiview_time_ids()
         poses = RefinablePoses(split.bones, split.kp3d[:, 0], self.model.rest_pose, time_ids).to(self.device)
-        # One image path per pose row (its first image) identifies consecutive frames for the temporal loss.
-        first_image = {int(row): i for i, row in reversed(list(enumerate(split.pose_idxs.tolist())))}
-        paths = [split.img_paths[first_image[r]] for r in range(poses.n_poses)] if split.img_paths else []
+        paths = pose_row_paths(split.pose_idxs, split.img_paths, poses.n_poses)
         jitter = (cfg.pose_jitter_rot, cfg.pose_jitter_trans * float(self.model.height), cfg.seed)
         return PoseRefiner(poses, cfg.pose_lr, cfg.pose_step_every, cfg.pose_start, cfg.pose_stop,
                            cfg.pose_reg_coef, cfg.pose_reg_tol, cfg.temp_coef, paths, jitter)  # fmt: skip
@@ -227,6 +239,7 @@ class Trainer:
             torch_rng=torch.get_rng_state(),
             cuda_rng=torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             data=str(self.train_path.resolve()),  # absolute: eval / render / view run from anywhere
+            data_fingerprint=self.data_fingerprint,
             eval_data=str(self.eval_dir.resolve()) if self.eval_dir is not None else None,
             history=self.history,
             poses=self.refiner.state_dict() if self.refiner is not None else None,

@@ -406,3 +406,15 @@ def test_refinement_removes_a_third_of_the_pose_error_of_the_builtin_character(t
     assert before["mpjpe_mm"] == pytest.approx(32.3, abs=0.1)
     assert after["mpjpe_mm"] < 0.75 * before["mpjpe_mm"], (before["mpjpe_mm"], after["mpjpe_mm"])
     assert after["pa_mpjpe_mm"] < 0.8 * before["pa_mpjpe_mm"]
+
+
+@pytest.mark.parametrize("decay", ["0", "-0.5"])
+def test_refine_refuses_a_learning_rate_decay_that_is_not_a_factor(tiny_model, tiny_data, tmp_path, capsys, decay):
+    from fast_anerf.cli import entrypoint
+
+    argv = ["refine", "--ckpt", str(tiny_model), "--data", str(tiny_data / "test_pose.h5"), "--out",
+            str(tmp_path / "refine"), "--lr-decay", decay, "--device", "cpu"]  # fmt: skip
+    assert entrypoint(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --lr-decay is {float(decay)}; expected a factor > 0 (1 = a constant learning rate)"
+    assert not (tmp_path / "refine").exists()

@@ -145,6 +145,8 @@ def test_checkpoint_names_its_data_absolutely_and_eval_finds_the_runs_held_out_d
     [
         (["--steps", "-1"], ["steps = -1 must be > 0", "--steps"]),
         (["--steps", "0"], ["steps = 0 must be > 0", "--steps"]),
+        (["--pose-lr-decay", "-0.5"], ["pose_lr_decay_rate = -0.5 must be > 0"]),  # was a traceback at pose_start
+        (["--pose-lr-decay", "0"], ["pose_lr_decay_rate = 0.0 must be > 0"]),  # froze the poses silently
         (["--gt-poses", "--refine-poses", "on"], ["--gt-poses", "drop one"]),
         (["--preset", "BAD_PRESET"], ["step_size = 0", "[train]", "bad.toml"]),
         (["--preset", "TYPO_PRESET"], ["unknown key(s) ['hiden'] in [field]", "typo.toml"]),  # the file's own name
@@ -271,3 +273,68 @@ def test_a_folder_without_train_h5_names_the_files_it_holds(tiny_data, tmp_path,
         "surreal_train_h5py.h5, surreal_val_h5py.h5); pass a held-out .h5 file instead of the folder"
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_other_data_and_refinement_switched_on(tiny_data, tmp_path, capsys):
+    import shutil
+
+    import h5py
+
+    out = tmp_path / "run"
+    Trainer(_args(tiny_data, out, steps=4, refine_poses="off")).run()
+    saved = (out / "checkpoint.pt").read_bytes()
+    other = tmp_path / "other.h5"  # as many images, other poses
+    shutil.copy(tiny_data / "train.h5", other)
+    with h5py.File(other, "r+") as f:
+        f["kp3d"][...] = f["kp3d"][...] + 0.01
+    resume = ["train", "--out", str(out), "--resume", "--steps", "6", "--device", "cpu"]
+    for argv, words in (
+        (["--refine-poses", "on"], ["trains on fixed poses", "(--refine-poses on) would start moving them"]),
+        (["--data", str(other)], [f"{other} is not the data this run trained on", str(tiny_data / "train.h5")]),
+    ):
+        assert entrypoint([*resume, *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+    assert (out / "checkpoint.pt").read_bytes() == saved
+    assert entrypoint(resume) == 0  # its own data and settings
+
+
+def test_train_without_held_out_data_and_with_a_pose_row_no_image_uses(tiny_data, tmp_path):
+    """A folder holding train.h5 alone trains without evaluation; a pose row that no image uses (kp_idxs
+    skips it) is refined as a row without temporal neighbours (it was a KeyError)."""
+    import h5py
+    import numpy as np
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    import shutil
+
+    shutil.copy(tiny_data / "train.h5", folder / "train.h5")
+    with h5py.File(folder / "train.h5", "r+") as f:
+        n = f["kp3d"].shape[0]
+        for key in ("kp3d", "bones", "skts", "cyls", "gt_kp3d", "gt_bones", "gt_skts"):
+            if key in f:
+                value = f[key][...]
+                del f[key]
+                f.create_dataset(key, data=np.concatenate([value, value[-1:]]))  # one more row, unused
+        if "kp_idxs" in f:
+            del f["kp_idxs"]
+        f.create_dataset("kp_idxs", data=np.arange(n))
+    trainer = Trainer(_args(folder, tmp_path / "run", steps=6, refine_poses="on"))
+    assert trainer.eval_dir is None and trainer.refiner is not None and trainer.refiner.poses.n_poses == n + 1
+    assert trainer.refiner.valid[n].item() is False
+    trainer.run()
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["splits"] == {}
+
+
+def test_the_anerf_preset_uses_anerfs_adam():
+    from fast_anerf.config import load_preset
+    from fast_anerf.data.synthetic import builtin_rest_pose
+    from fast_anerf.model import Character
+    from fast_anerf.train import build_optimizer
+
+    rest = torch.as_tensor(builtin_rest_pose(), dtype=torch.float32)
+    for preset, betas, eps in (("anerf", (0.9, 0.999), 1e-8), ("demo", (0.9, 0.99), 1e-15)):
+        config = load_preset(preset)
+        optimizer = build_optimizer(Character(config, rest, n_frame_codes=2, backend="torch"), config.train)
+        assert {(g["betas"], g["eps"]) for g in optimizer.param_groups} == {(betas, eps)}, preset
