@@ -138,6 +138,8 @@ class Inspect:
     def main(self) -> None:
         from fast_anerf.data.inspect import inspect_file
 
+        if self.frames < 1:
+            raise UserError(f"--frames {self.frames}: expected at least 1 frame on the contact sheet")
         sheet = self.sheet if self.sheet is not None else self.path.with_name(self.path.stem + "_sheet.png")
         print(inspect_file(self.path, sheet_path=sheet, n_frames=self.frames, sheet_required=self.sheet is not None))
 
@@ -290,6 +292,9 @@ class Refine:
     """Weight of A-NeRF's hinge regulariser towards the estimated rotations."""
     reg_tol: float = 0.01
     """Tolerance of that regulariser (squared 6D difference that is free)."""
+    multiview: bool = False
+    """Images with the same kp_idxs (one time instant seen by several cameras) share one body pose: their
+    non-root rotations are refined together (as train --multiview)."""
     rays_per_batch: int = 2048
     seed: int = 0
     overwrite: bool = False

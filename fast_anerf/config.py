@@ -145,7 +145,8 @@ class TrainConfig:
                 raise ValueError(f"{name} = {getattr(self, name)!r} must be > 0")
         # 0 means "never" / "none" for these (e.g. occ_update_every = 0 keeps the grids as they are).
         for name in ("max_minutes", "n_samples", "eval_every", "ckpt_every", "occ_update_every", "lr",
-                     "lr_mlp", "pose_lr"):  # fmt: skip
+                     "lr_mlp", "pose_lr", "temp_coef", "pose_reg_coef", "pose_reg_tol", "density_noise_std",
+                     "pose_jitter_rot", "pose_jitter_trans"):  # fmt: skip
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} = {getattr(self, name)!r} must be >= 0")
         if not 0 <= self.adam_beta2 < 1:

@@ -196,12 +196,14 @@ def run_eval(args) -> dict:
     from fast_anerf.run_files import write_json_atomic
     from fast_anerf.run_setup import pick_device
 
+    if args.max_frames is not None and args.max_frames < 1:
+        raise UserError(f"--max-frames {args.max_frames}: expected at least 1 frame per split (or leave it out)")
+    if args.json is not None and Path(args.json).is_dir():  # found now, not after minutes of rendering
+        raise UserError(f"{args.json}: is a folder; --json is the file the metrics go to, e.g. {args.json}/eval.json")
     device = pick_device(args.device)
     model, ckpt = load_character(args.ckpt, device=device, backend=args.backend)
     model.eval()
     data_dir = args.data if args.data is not None else default_eval_data(ckpt, args.ckpt)
-    if args.max_frames is not None and args.max_frames < 1:
-        raise UserError(f"--max-frames {args.max_frames}: expected at least 1 frame per split (or leave it out)")
     settings = RenderSettings.from_train(model.config.train, training=False)
     results = {}
     for name, path in find_eval_splits(data_dir).items():

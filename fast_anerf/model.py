@@ -111,6 +111,8 @@ def save_checkpoint(path: Path, model: Character, **trainer_state: Any) -> None:
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load and check a checkpoint dict; every problem is a one-line ``CheckpointError``."""
     path = Path(path)
+    if path.is_dir() and (path / "checkpoint.pt").is_file():  # a run folder: its checkpoint
+        path = path / "checkpoint.pt"
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; pass the checkpoint.pt written by `fast-anerf train`")
     try:

@@ -30,6 +30,7 @@ import re
 import torch
 from torch import nn
 
+from fast_anerf.errors import UserError
 from fast_anerf.skeleton import (
     axis_angle_to_matrix,
     forward_kinematics,
@@ -145,6 +146,24 @@ def rigid_jitter(n: int, n_joints: int, rot_sigma: float, trans_sigma: float, ge
 
 
 _FRAME_NUMBER = re.compile(r"^(.*?)(\d+)(\D*)$")
+
+
+def multiview_time_ids(path, pose_idxs: torch.Tensor, n_poses: int) -> torch.Tensor:
+    """``--multiview``: the time instant ``[P]`` (0..T-1) of each pose row of the ``.h5`` at ``path``, from its
+    ``kp_idxs`` (the instant of each image; ``pose_idxs [N]`` maps images to rows). Rows of one instant share
+    their non-root rotations (``RefinablePoses``)."""
+    from fast_anerf.data.anerf_h5 import open_anerf_h5
+
+    with open_anerf_h5(path) as data:
+        if "kp_idxs" not in data.arrays:
+            raise UserError(f"{path}: --multiview needs the key 'kp_idxs' (the time instant of each image) to group "
+                            "views; add it or drop --multiview")  # fmt: skip
+        kp_idxs = torch.as_tensor(data.arrays["kp_idxs"], dtype=torch.long)
+    time_of_row = torch.full((n_poses,), -1, dtype=torch.long)  # a row no image uses: an instant of its own
+    time_of_row[pose_idxs] = kp_idxs
+    unused = time_of_row < 0
+    time_of_row[unused] = kp_idxs.max() + 1 + torch.arange(int(unused.sum()))
+    return time_of_row.unique(return_inverse=True)[1]
 
 
 def pose_row_paths(pose_idxs: torch.Tensor, img_paths: list[str] | None, n_poses: int) -> list[str]:

@@ -18,7 +18,7 @@ import torch
 from fast_anerf.data.split import RayPool, load_split
 from fast_anerf.errors import UserError, refuse_to_replace
 from fast_anerf.model import load_character
-from fast_anerf.pose import PoseRefiner, RefinablePoses, pose_row_paths
+from fast_anerf.pose import PoseRefiner, RefinablePoses, multiview_time_ids, pose_row_paths
 from fast_anerf.pose_io import export_refined_poses
 from fast_anerf.pose_metrics import refinement_errors
 from fast_anerf.renderer import RenderSettings, render_rays
@@ -39,6 +39,10 @@ def run_refine(args) -> dict:
     out = Path(args.out)
     if not args.lr_decay > 0:  # lr * decay ** fraction: 0 freezes the poses at once, < 0 has no real power
         raise UserError(f"--lr-decay is {args.lr_decay}; expected a factor > 0 (1 = a constant learning rate)")
+    if not (args.steps > 0 and args.lr >= 0):
+        raise UserError(f"--steps {args.steps} --lr {args.lr}: expected at least one step and a learning rate >= 0")
+    if out.exists() and not out.is_dir():  # found now, not after the refinement
+        raise UserError(f"{out}: is a file; --out is the folder refined.h5 and the report go to — choose another")
     refuse_to_replace(out / "refined.h5", args.overwrite)
     device = pick_device(args.device)
     model, _ = load_character(args.ckpt, device=device, backend=args.backend)
@@ -48,7 +52,8 @@ def run_refine(args) -> dict:
     split = load_split(args.data, keep_masks=False)
     generator = torch.Generator().manual_seed(args.seed)
     pool = RayPool(split, args.rays_per_batch, min(64, split.n_images), generator)
-    poses = RefinablePoses(split.bones, split.kp3d[:, 0], model.rest_pose.cpu()).to(device)
+    time_ids = multiview_time_ids(args.data, split.pose_idxs, split.kp3d.shape[0]) if args.multiview else None
+    poses = RefinablePoses(split.bones, split.kp3d[:, 0], model.rest_pose.cpu(), time_ids).to(device)
     paths = pose_row_paths(split.pose_idxs, split.img_paths, poses.n_poses)
     refiner = PoseRefiner(poses, args.lr, temp_coef=args.temp_coef, img_paths=paths,
                           reg_coef=args.reg_coef, reg_tol=args.reg_tol)  # fmt: skip

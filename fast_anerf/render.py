@@ -127,14 +127,31 @@ class View:
     caption: tuple[str, str] | None = None  # written on the render: (text, short text for narrow images)
 
 
-def resize_image(image: np.ndarray | torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """uint8 or float ``[h, w, 3]`` -> float ``[H, W, 3]`` in [0, 1] (antialiased bilinear when resized)."""
+def resize_image(image: np.ndarray | torch.Tensor, height: int, width: int, center: tuple[float, float] | None = None
+                 ) -> torch.Tensor:  # fmt: skip
+    """uint8 or float ``[h, w, 3]`` -> float ``[H, W, 3]`` in [0, 1] (antialiased bilinear when resized).
+
+    With the photo's principal point ``center (cx, cy)``: as ``camera()``'s rescaled camera sees it, i.e. one
+    scale (the height ratio) on both axes, and column ``cx`` moved to ``cx * W / w``; where another aspect
+    shows more than the photo, white. Without it, each axis is stretched to fit.
+    """
     t = torch.as_tensor(np.asarray(image))
     t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
-    if t.shape[:2] != (height, width):
-        t = F.interpolate(t.permute(2, 0, 1)[None], (height, width), mode="bilinear", antialias=True)[0]
-        t = t.permute(1, 2, 0).clamp(0, 1)
-    return t
+    h, w = t.shape[:2]
+    scale = height / h
+    stretch = center is None or abs(width / w - scale) < 1e-9
+    size = (height, width) if stretch else (height, max(1, round(w * scale)))
+    if t.shape[:2] != size:
+        t = F.interpolate(t.permute(2, 0, 1)[None], size, mode="bilinear", antialias=True)[0].permute(1, 2, 0)
+    if not stretch:  # render column u sees photo column cx + (u - cx * W / w) / scale, at `scale` per pixel
+        cx = center[0]
+        source = (cx + (torch.arange(width, dtype=torch.float32) - cx * width / w) / scale) * size[1] / w
+        left = source.floor().long()
+        frac = (source - left)[:, None]
+        inside = (source >= 0) & (source <= size[1] - 1)
+        a, b = t[:, left.clamp(0, size[1] - 1)], t[:, (left + 1).clamp(0, size[1] - 1)]
+        t = torch.where(inside[:, None], a * (1 - frac) + b * frac, torch.ones(()))
+    return t.clamp(0, 1)
 
 
 def camera(data, i: int, height: int, width: int) -> tuple[torch.Tensor, float, tuple[float, float]]:
@@ -151,7 +168,7 @@ def background(kind: str, data, i: int, height: int, width: int) -> torch.Tensor
     if kind in BACKGROUNDS:
         return torch.tensor(BACKGROUNDS[kind])
     image = data.background(i)
-    return torch.ones(3) if image is None else resize_image(image, height, width)
+    return torch.ones(3) if image is None else resize_image(image, height, width, data.center(i))
 
 
 def orbit_cameras(c2w: torch.Tensor, pivot: torch.Tensor, n_views: int) -> torch.Tensor:
@@ -342,7 +359,7 @@ def plan_correction(scene: Scene, args) -> list[View]:
         rot, root = interpolate_poses(rotations, roots, args.n_steps)  # [n_steps + 1, ...]: estimate -> refined
         joints, _ = forward_kinematics(rest, rot, root)  # [n_steps + 1, 24, 3] world
         base = scene.fixed_view(i, scene.image_skts(i), scene.code(i), args.bg)
-        photo = to_uint8(resize_image(scene.data.image(i), scene.height, scene.width))
+        photo = to_uint8(resize_image(scene.data.image(i), scene.height, scene.width, scene.data.center(i)))
         uv, depth = project_points(joints, base.c2w, base.focal, base.center)
         for k, skts in enumerate(pose_to_skts(rest, rot, root)):
             panel = draw_skeleton(photo.copy(), uv[0].numpy(), depth[0].numpy(), color=(230, 30, 30))
@@ -382,7 +399,7 @@ def plan_val(scene: Scene, args):
         for i in frames:
             c2w, focal, center = camera(val, i, height, width)
             bg = background(args.bg, val, i, height, width)
-            gt = resize_image(val.image(i), height, width)
+            gt = resize_image(val.image(i), height, width, val.center(i))
             views.append(View(c2w, focal, center, skts[val.pose_index(i)], -1, bg, gt))
     return views, height, width
 

@@ -22,7 +22,7 @@ from fast_anerf.data.split import RayPool, Split, load_split
 from fast_anerf.errors import CheckpointError, UserError, writing
 from fast_anerf.evaluate import evaluate_split, find_eval_splits, format_table, public
 from fast_anerf.model import Character, load_character, read_checkpoint, save_checkpoint
-from fast_anerf.pose import PoseRefiner, RefinablePoses, pose_row_paths
+from fast_anerf.pose import PoseRefiner, RefinablePoses, multiview_time_ids, pose_row_paths
 from fast_anerf.renderer import RenderSettings, render_rays
 from fast_anerf.run_files import summary_writer, write_json_atomic, write_png_atomic
 from fast_anerf.run_setup import (
@@ -186,25 +186,12 @@ class Trainer:
         cfg, split = self.config.train, self.split
         time_ids = None
         if cfg.multiview:
-            time_ids = self._multiview_time_ids()
+            time_ids = multiview_time_ids(self.train_path, self.split.pose_idxs, self.split.skts.shape[0])
         poses = RefinablePoses(split.bones, split.kp3d[:, 0], self.model.rest_pose, time_ids).to(self.device)
         paths = pose_row_paths(split.pose_idxs, split.img_paths, poses.n_poses)
         jitter = (cfg.pose_jitter_rot, cfg.pose_jitter_trans * float(self.model.height), cfg.seed)
         return PoseRefiner(poses, cfg.pose_lr, cfg.pose_step_every, cfg.pose_start, cfg.pose_stop,
                            cfg.pose_reg_coef, cfg.pose_reg_tol, cfg.temp_coef, paths, jitter)  # fmt: skip
-
-    def _multiview_time_ids(self) -> torch.Tensor:
-        from fast_anerf.data.anerf_h5 import open_anerf_h5
-
-        with open_anerf_h5(self.train_path) as data:
-            if "kp_idxs" not in data.arrays:
-                raise UserError(f"{self.train_path}: --multiview needs the key 'kp_idxs' (the time instant of each "
-                                "image) to group views; add it or drop --multiview")  # fmt: skip
-            kp_idxs = torch.as_tensor(data.arrays["kp_idxs"], dtype=torch.long)
-        rows = self.split.pose_idxs
-        time_of_row = torch.zeros(self.split.skts.shape[0], dtype=torch.long)
-        time_of_row[rows] = kp_idxs
-        return time_of_row.unique(return_inverse=True)[1]
 
     # ----------------------------------------------------------------------------------------------
     def _restore(self, state: dict) -> None:

@@ -59,3 +59,28 @@ def test_train_refuses_nan_pose(tmp_path, tiny_data, capsys):
     assert code == 2
     assert "nan_pose.h5" in err and "kp3d" in err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_mistakes_found_before_any_work(tmp_path, tiny_data, tiny_model, capsys):
+    """Each is one line (exit 2) before rendering or refining starts, and writes nothing."""
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    ckpt, frames = str(tiny_model), str(tiny_data / "test_pose.h5")
+    refine = ["refine", "--ckpt", ckpt, "--data", frames, "--device", "cpu", "--out"]
+    cases = [
+        (["eval", "--ckpt", ckpt, "--json", str(tmp_path / "a_folder")], "is a folder; --json is the file"),
+        ([*refine, str(tmp_path / "a_file")], "is a file; --out is the folder refined.h5"),
+        ([*refine, str(tmp_path / "r"), "--steps", "0"], "--steps 0 --lr 0.001: expected at least one step"),
+        ([*refine, str(tmp_path / "r"), "--lr", "-1"], "--steps 1000 --lr -1.0: expected at least one step"),
+        (["data", "inspect", frames, "--frames", "0"], "--frames 0: expected at least 1 frame"),
+        (["train", "--data", str(tiny_data), "--out", str(tmp_path / "t"), "--temp-coef", "-1"],
+         "temp_coef = -1.0 must be >= 0"),
+    ]  # fmt: skip
+    for argv, words in cases:
+        assert entrypoint(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder"]
+    assert not list((tmp_path / "a_folder").iterdir()) and not (tiny_data / "test_pose_sheet.png").exists()
+    # A run folder given as --ckpt is read as its checkpoint.pt.
+    assert entrypoint(["eval", "--ckpt", str(tiny_model.parent), "--data", frames, "--max-frames", "1"]) == 0

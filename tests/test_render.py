@@ -329,3 +329,21 @@ def test_correction_morphs_the_estimate_into_the_refined_pose(tiny_model, tiny_d
         assert (panel == green).all(axis=-1).sum() > 20  # the current skeleton
         assert ((panel == red).all(axis=-1).sum() > 5) == (k > 0)  # the estimate shows once the pose moved
         assert (drawn <= ((panel == green) | (panel == red)).all(axis=-1)).all()  # elsewhere the photo itself
+
+
+def test_photos_follow_the_rescaled_camera_at_another_aspect():
+    """--res of another aspect: camera() keeps one scale (the height ratio) about the principal point, so the
+    photo (val's GT, correction's panel, --background data) must too, instead of being stretched to fit."""
+    from fast_anerf.render import resize_image
+
+    photo = np.full((20, 30, 3), 255, np.uint8)
+    photo[:, 12] = 0  # a dark column through the principal point (cx = 12)
+    photo[5] = 0  # and a dark row
+    out = resize_image(photo, 40, 100, center=(12.0, 10.0)).numpy()  # x2 vertically, 30 -> 100 columns
+    dark_columns = np.flatnonzero(out[30].mean(-1) < 0.6)
+    assert 39 <= dark_columns.min() and dark_columns.max() <= 41  # cx * 100 / 30 = 40: where the camera puts it
+    assert np.flatnonzero(out[:, 60].mean(-1) < 0.6).tolist() in ([10, 11], [10], [11])  # row 5 -> 10-11
+    covered = 40 + (np.array([0, 29]) - 12) * 2  # photo columns 0 and 29 land at 16 and 74; beyond: white
+    assert (out[:, : covered[0] - 1] == 1).all() and (out[:, covered[1] + 2 :] == 1).all()
+    same_aspect = resize_image(photo, 40, 60, center=(12.0, 10.0))
+    assert torch.equal(same_aspect, resize_image(photo, 40, 60))  # one aspect: a plain resize, as before

@@ -207,3 +207,23 @@ def test_cache_hit(tiny):
     mtimes = {s: p.stat().st_mtime_ns for s, p in tiny.items()}
     assert generate_dataset(tiny["train"].parent, seed=0, verbose=False, **TINY) == tiny
     assert {s: p.stat().st_mtime_ns for s, p in tiny.items()} == mtimes
+
+
+def test_synth_never_replaces_a_users_files_unasked(tiny, tmp_path, capsys):
+    from fast_anerf.cli import entrypoint
+
+    own = tmp_path / "mine"
+    own.mkdir()
+    (own / "train.h5").write_bytes(b"my own data")
+    assert entrypoint(["data", "synth", "--out", str(own), "--frames", "4", "--res", "16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {own / 'train.h5'}: exists and is not a built-in set (or damaged); choose another "
+                   "--out, or pass --force to replace it")  # fmt: skip
+    assert (own / "train.h5").read_bytes() == b"my own data"
+    folder = tiny["train"].parent  # a built-in set a run may have trained on, asked for with other settings
+    before = tiny["train"].read_bytes()
+    assert entrypoint(["data", "synth", "--out", str(folder), "--frames", "5", "--res", "16"]) == 2
+    assert "exists and is a built-in set made with other settings (n_frames" in capsys.readouterr().err
+    assert tiny["train"].read_bytes() == before
+    assert entrypoint(["data", "synth", "--out", str(own), "--frames", "4", "--res", "16", "--force"]) == 0
+    assert (own / "train.h5").read_bytes() != b"my own data"

@@ -347,8 +347,11 @@ class AnerfData:
         if a.shape == tail:
             a = a[None]
         rows = a.shape[0] if a.ndim == len(tail) + 1 else -1
-        cams = self.arrays.get("cam_idxs")  # image -> camera row, when the file says so (any image order)
-        by_camera = rows not in (n, 1) and cams is not None and rows > 0 and cams.min() >= 0 and cams.max() < rows
+        # Image -> camera row when the file has one row per camera id (cam_idxs 0..rows-1, any image order); in
+        # other files cam_idxs is bookkeeping (the built-in character's, Mixamo's), and a row count that fits
+        # neither rule is a damaged file.
+        cams = self.arrays.get("cam_idxs")
+        by_camera = rows not in (n, 1) and cams is not None and cams.min() >= 0 and cams.max() == rows - 1
         if a.ndim != len(tail) + 1 or a.shape[1:] != tail or (rows not in (n, 1) and rows * p != n and not by_camera):
             got = self.keys[key][0]
             also = f" or {(n, 3, 4)}" if key == "c2ws" else ""  # [R | t] rows are read too

@@ -295,7 +295,10 @@ def generate_dataset(
             max(2, n_frames // 10) frames of each unseen motion.
         resolution: image height = width in pixels.
         seed: seeds the pose noise (cameras and motions are fixed).
-        force: regenerate even if ``out_dir`` holds files made with the same parameters.
+        force: regenerate even if ``out_dir`` holds files made with the same parameters, and replace files that
+            are not such a set. Without it, only the cache folder (``default_data_dir()``) is regenerated when
+            its files differ: elsewhere, files at the split paths are a user's (their own data, or a set a run
+            was trained on), and are refused as one line.
     Returns:
         ``{"train": path, "test_view": path, "test_pose": path}``; the summary also goes to ``report.txt``.
     """
@@ -309,8 +312,15 @@ def generate_dataset(
     params = {"format_version": FORMAT_VERSION, "n_frames": n_frames, "resolution": resolution, "seed": seed}
     paths = {s: out / f"{s}.h5" for s in SPLITS}
     if not force and all(_stored_params(p) == params for p in paths.values()):
-        log(f"built-in data set found in {out} (cached; force=True regenerates)")
+        log(f"built-in data set found in {out} (cached; --force regenerates)")
         return paths
+    existing = [p for p in paths.values() if p.exists()]
+    if existing and not force and out.resolve() != default_data_dir().resolve():
+        stored = _stored_params(existing[0])
+        what = "a built-in set made with other settings" if stored else "not a built-in set (or damaged)"
+        settings = f" ({', '.join(f'{k} {v}' for k, v in stored.items() if k != 'format_version')})" if stored else ""
+        raise UserError(f"{existing[0]}: exists and is {what}{settings}; choose another --out, or pass --force "
+                        "to replace it")  # fmt: skip
 
     start = time.perf_counter()
     char = Character()
