@@ -177,6 +177,9 @@ def default_eval_data(ckpt: dict, ckpt_path: Path) -> Path:
     """The held-out data of a training run: its ``eval_data`` (what it evaluated while training), else the folder
     of its training .h5 (checkpoints written before ``eval_data`` existed); a UserError when it has none."""
     stored = ckpt.get("eval_data")
+    if stored and not Path(stored).exists():  # moved or deleted since training
+        raise UserError(f"{ckpt_path}: the run's held-out data {stored} (recorded in the checkpoint) is not there "
+                        "any more; pass --data with where it is now")  # fmt: skip
     if stored:
         return Path(stored)
     train = str(ckpt.get("data") or "")

@@ -138,6 +138,10 @@ def test_checkpoint_names_its_data_absolutely_and_eval_finds_the_runs_held_out_d
     assert entrypoint(["eval", "--ckpt", "../alone/checkpoint.pt", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "had no held-out data" in err and "--data" in err
+    # The run's recorded --eval-data moved away: the line says the path came from the checkpoint.
+    assert entrypoint(["eval", "--ckpt", "../run/checkpoint.pt", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"held-out data {tmp_path / 'data' / 'test_view.h5'} (recorded in the checkpoint) is not there" in err
 
 
 @pytest.mark.parametrize(
