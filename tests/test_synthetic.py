@@ -227,3 +227,11 @@ def test_synth_never_replaces_a_users_files_unasked(tiny, tmp_path, capsys):
     assert tiny["train"].read_bytes() == before
     assert entrypoint(["data", "synth", "--out", str(own), "--frames", "4", "--res", "16", "--force"]) == 0
     assert (own / "train.h5").read_bytes() != b"my own data"
+
+
+def test_synth_completes_its_own_incomplete_set(tmp_path):
+    paths = generate_dataset(tmp_path / "set", seed=0, verbose=False, **TINY)
+    train = paths["train"].read_bytes()
+    paths["test_pose"].unlink()
+    assert generate_dataset(tmp_path / "set", seed=0, verbose=False, **TINY)["test_pose"].is_file()
+    assert paths["train"].read_bytes() == train  # the same set, made again

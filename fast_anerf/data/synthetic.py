@@ -314,7 +314,8 @@ def generate_dataset(
     if not force and all(_stored_params(p) == params for p in paths.values()):
         log(f"built-in data set found in {out} (cached; --force regenerates)")
         return paths
-    existing = [p for p in paths.values() if p.exists()]
+    # Files that are not part of this very set (an incomplete one is completed) are a user's outside the cache.
+    existing = [p for p in paths.values() if p.exists() and _stored_params(p) != params]
     if existing and not force and out.resolve() != default_data_dir().resolve():
         stored = _stored_params(existing[0])
         what = "a built-in set made with other settings" if stored else "not a built-in set (or damaged)"
