@@ -23,6 +23,7 @@ from fast_anerf.run_files import atomic_file
 from fast_anerf.sampling.occupancy import BoneOccupancy, density_in_poses
 
 CHECKPOINT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"  # in a run's folder
 
 
 class Character(nn.Module):
@@ -111,8 +112,8 @@ def save_checkpoint(path: Path, model: Character, **trainer_state: Any) -> None:
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load and check a checkpoint dict; every problem is a one-line ``CheckpointError``."""
     path = Path(path)
-    if path.is_dir() and (path / "checkpoint.pt").is_file():  # a run folder: its checkpoint
-        path = path / "checkpoint.pt"
+    if path.is_dir() and (path / CHECKPOINT_NAME).is_file():  # a run folder: its checkpoint
+        path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; pass the checkpoint.pt written by `fast-anerf train`")
     try:

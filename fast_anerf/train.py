@@ -21,7 +21,7 @@ from fast_anerf.config import RunConfig, load_preset, with_overrides
 from fast_anerf.data.split import RayPool, Split, load_split
 from fast_anerf.errors import CheckpointError, UserError, writing
 from fast_anerf.evaluate import evaluate_split, find_eval_splits, format_table, public
-from fast_anerf.model import Character, load_character, read_checkpoint, save_checkpoint
+from fast_anerf.model import CHECKPOINT_NAME, Character, load_character, read_checkpoint, save_checkpoint
 from fast_anerf.pose import PoseRefiner, RefinablePoses, multiview_time_ids, pose_row_paths
 from fast_anerf.renderer import RenderSettings, render_rays
 from fast_anerf.run_files import summary_writer, write_json_atomic, write_png_atomic
@@ -33,8 +33,6 @@ from fast_anerf.run_setup import (
     resolve_data,
     wants_pose_refinement,
 )
-
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def build_optimizer(model: Character, cfg) -> torch.optim.Adam:

@@ -82,7 +82,7 @@ SMPL_MEAN_PELVIS = np.array([-0.0018, -0.2233, 0.0282])
 EXT_SCALE = 0.001
 BACKGROUND_MODES = ("median", "white", "none")
 FOCAL_MODES = ("diagonal", "spin")
-OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0])
+OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0])  # flips a camera's y and z axes; its own inverse
 ALIASES = {
     "rotmat": ("pred_rotmat", "pred_rot_mat", "rotmat"),
     "pose": ("pose", "pred_pose"),

@@ -41,6 +41,7 @@ import torch
 from fast_anerf.data.anerf_h5 import AnerfData, open_anerf_h5
 from fast_anerf.data.from_spin import (
     ALIASES,
+    OPENCV_TO_OPENGL,
     SMPL_MEAN_PELVIS,
     SpinFrames,
     crop_camera_to_full,
@@ -51,12 +52,10 @@ from fast_anerf.errors import DataError, UserError, refuse_to_replace
 from fast_anerf.run_files import atomic_file
 from fast_anerf.skeleton import axis_angle_to_matrix, matrix_to_axis_angle
 
-OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0])  # flips a camera's y and z axes, both ways
-
 
 def camera_frame(c2ws: np.ndarray, points: np.ndarray) -> np.ndarray:
     """World points ``[N, J, 3]`` -> each image's OpenCV camera frame, for OpenGL camera-to-world ``[N, 4, 4]``."""
-    world_from_cv = c2ws[:, :3, :3] @ OPENGL_TO_OPENCV
+    world_from_cv = c2ws[:, :3, :3] @ OPENCV_TO_OPENGL
     return np.einsum("nij,nkj->nki", world_from_cv.swapaxes(-1, -2), points - c2ws[:, None, :3, 3])
 
 
@@ -159,7 +158,7 @@ def export_spin(
         i = int(np.argwhere((joints_cam[..., 2] <= 0).any(-1))[0, 0])
         raise DataError(f"{path}: image {i}'s skeleton is (partly) behind its camera (key 'kp3d' or 'c2ws') — check "
                         "the file's poses and cameras")  # fmt: skip
-    world_from_cv = torch.as_tensor(c2ws[:, :3, :3] @ OPENGL_TO_OPENCV)
+    world_from_cv = torch.as_tensor(c2ws[:, :3, :3] @ OPENCV_TO_OPENGL)
     rotmats = axis_angle_to_matrix(torch.as_tensor(bones))
     rotmats[:, 0] = world_from_cv.transpose(-1, -2) @ rotmats[:, 0]  # global orientation in the OpenCV camera
     spin_out = {
