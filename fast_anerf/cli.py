@@ -336,7 +336,8 @@ class Render:
     joints: tuple[str, ...] = ()
     """Animate: joints that move (SMPL names or indices 0-23). Default: the right arm."""
     camera: int | None = None
-    """Retarget/interpolate/animate: the training image whose camera looks (default: 0 / the first key frame)."""
+    """Retarget/interpolate/animate: the training image whose camera looks (default: retarget 0, or each replayed
+    frame's own; interpolate/animate the first key frame)."""
     source: Path | None = None
     """Retarget: poses from an A-NeRF .h5 (bones + kp3d) or an .npz (bones [T,24,3] + root [T,3] in the
     viewer's canonical convention, or + kp3d [T,24,3] in A-NeRF's world). Val: the held-out .h5

@@ -6,9 +6,9 @@ Render types (A-NeRF's ``run_render.py``, specs/anerf.md §4):
   axis through the body's root: ``c2w`` is left-multiplied by a rotation about that axis, ``--n-views``
   views. (A-NeRF rotates about the world origin after moving the camera/body there; same picture.)
 * ``retarget``: the character in other poses. Without a source it replays training frames with their own
-  cameras; with ``--source`` (an A-NeRF .h5 or an .npz, ``data/pose_files.py``) or ``--motion`` (a built-in
-  motion) OUR rest skeleton (``model.rest_pose``: our bone lengths) is re-posed with the source's joint
-  rotations and root positions, seen by one training camera.
+  cameras (or all through ``--camera``'s); with ``--source`` (an A-NeRF .h5 or an .npz, ``data/pose_files.py``)
+  or ``--motion`` (a built-in motion) OUR rest skeleton (``model.rest_pose``: our bone lengths) is re-posed
+  with the source's joint rotations and root positions, seen by one training camera.
 * ``interpolate``: slerp of every joint rotation (and a straight line for the root) between consecutive
   chosen training poses, ``--n-steps`` poses per pair. ``animate``: the same for ``--joints`` only, the rest
   of the body (and the root) keeps the first chosen pose (A-NeRF's ``animate``).
@@ -29,6 +29,7 @@ Outputs: ``frames/NNNNN.png``, ``video.mp4``, ``video.gif``, ``render.json``, wr
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,7 +289,9 @@ def plan_bullet(scene: Scene, args) -> list[View]:
 def plan_retarget(scene: Scene, args) -> list[View]:
     if args.source is None and args.motion is None:  # replay training frames, own cameras and codes
         frames = scene.check_frames(args.frames or tuple(range(scene.n_images)))
-        return [scene.fixed_view(i, scene.image_skts(i), scene.code(i), args.bg) for i in frames]
+        cams = scene.check_frames((args.camera,)) * len(frames) if args.camera is not None else frames
+        views = zip(cams, frames, strict=True)
+        return [scene.fixed_view(c, scene.image_skts(i), scene.code(i), args.bg) for c, i in views]
     if args.source is not None and args.motion is not None:
         raise UserError("--source and --motion both given; retarget from one of them")
     from fast_anerf.data.pose_files import builtin_motion, place_canonical, read_pose_file
@@ -407,7 +410,28 @@ def plan_val(scene: Scene, args):
 # ---------------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------------
+# Options that only some render types read (the rest would silently ignore them): given a value other than its
+# default with another --type, the render is refused. --source/--motion are checked on their own (val reads --source).
+TYPE_OPTIONS = {
+    "joints": ("animate",),
+    "camera": ("retarget", "interpolate", "animate"),
+    "n_views": ("bullet", "mesh"),
+    "n_steps": ("interpolate", "animate", "correction"),
+    "motion_frames": ("retarget",),
+    "recenter": ("retarget",),
+    "rest": ("mesh",),
+    "mesh_res": ("mesh",),
+    "mesh_threshold": ("mesh",),
+    "mesh_renderer": ("mesh",),
+}
+
+
 def _check_args(args) -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(args)} if dataclasses.is_dataclass(args) else {}
+    for name, types in TYPE_OPTIONS.items():
+        if name in defaults and getattr(args, name) != defaults[name] and args.type not in types:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} is for --type {' / '.join(types)}, not {args.type}; drop it or change --type")
     if args.res is not None and min(args.res) < 1:
         raise UserError(f"--res {args.res[0]} {args.res[1]}: expected two positive sizes (H W)")
     for name in ("n_views", "n_steps", "fps", "mesh_res", "motion_frames"):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fast_anerf.data.rays import project_points
+from fast_anerf.data.rays import OPENCV_TO_OPENGL, project_points
 from fast_anerf.errors import DataError, UserError
 from fast_anerf.media import draw_skeleton
 from fast_anerf.model import Character
@@ -49,7 +49,6 @@ BACKGROUNDS: dict[str, tuple[float, float, float] | None] = {
     "gray": (0.5, 0.5, 0.5),
     "checker": None,  # light/dark grey squares: shows what is transparent
 }
-GL_FROM_CV = np.diag([1.0, -1.0, -1.0])  # flips camera y and z: OpenCV <-> OpenGL camera axes
 
 
 class ViewerInputError(UserError):
@@ -74,14 +73,14 @@ def viser_to_c2w(wxyz, position) -> np.ndarray:
         ]
     )
     c2w = np.eye(4)
-    c2w[:3, :3] = rot_cv @ GL_FROM_CV
+    c2w[:3, :3] = rot_cv @ OPENCV_TO_OPENGL
     c2w[:3, 3] = np.asarray(position, dtype=np.float64)
     return c2w
 
 
 def c2w_to_viser(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """OpenGL c2w ``[4, 4]`` -> viser's ``(wxyz [4], position [3])`` (inverse of ``viser_to_c2w``)."""
-    rot = np.asarray(c2w, dtype=np.float64)[:3, :3] @ GL_FROM_CV
+    rot = np.asarray(c2w, dtype=np.float64)[:3, :3] @ OPENCV_TO_OPENGL
     # Shepperd's method on the largest of the four squared components: stable for every rotation.
     trace = np.trace(rot)
     squares = np.array([trace, rot[0, 0], rot[1, 1], rot[2, 2]])

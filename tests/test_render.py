@@ -245,6 +245,41 @@ def test_bad_retarget_file_is_refused_and_writes_nothing(tiny_model, tmp_path, c
     assert not out.exists() and not (tmp_path / "renders").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--type", "bullet", "--joints", "left_shoulder"], ["--joints", "animate", "bullet"]),
+        (["--type", "val", "--camera", "3"], ["--camera", "retarget / interpolate / animate", "val"]),
+        (["--type", "correction", "--n-views", "8"], ["--n-views", "bullet / mesh"]),
+        (["--type", "bullet", "--rest"], ["--rest", "mesh"]),
+        (["--type", "animate", "--motion-frames", "5"], ["--motion-frames", "retarget"]),
+    ],
+)
+def test_an_option_the_type_does_not_read_is_refused(tiny_model, tmp_path, capsys, args, words):
+    out = tmp_path / "out"
+    assert _render(tiny_model, out, *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    for word in words:
+        assert word in err, err
+    assert not out.exists()
+
+
+def test_retarget_replay_through_one_camera(tiny_model, tiny_data, tmp_path):
+    """``retarget`` without a source replays training frames; ``--camera`` shows them all through one camera."""
+    assert _render(tiny_model, tmp_path / "own", "--type", "retarget", "--frames", "0", "5", "--res", "24", "24") == 0
+    assert _render(tiny_model, tmp_path / "cam", "--type", "retarget", "--frames", "0", "5", "--camera", "0",
+                   "--res", "24", "24") == 0  # fmt: skip
+    own, cam = _frames(tmp_path / "own"), _frames(tmp_path / "cam")
+    assert np.array_equal(own[0], cam[0])  # frame 0 is camera 0's own image
+    model, _ = load_character(tiny_model)
+    with open_anerf_h5(tiny_data / "train.h5") as data:
+        pose5 = torch.as_tensor(data.arrays["skts"][data.pose_index(5)])
+    expected = _expected_frame(model, tiny_data / "train.h5", 0, pose5, 24, torch.ones(3))
+    assert np.abs(cam[1].astype(float) - expected).max() <= 2  # frame 5's pose, seen by camera 0
+    assert np.abs(own[1].astype(float) - expected).max() > 20  # ... which is not what its own camera sees
+
+
 def test_failed_render_leaves_no_partial_output_and_keeps_other_folders(tiny_model, tmp_path, monkeypatch, capsys):
     import fast_anerf.renderer as renderer
 

@@ -69,7 +69,7 @@ from fast_anerf.data.anerf_h5 import dilate_mask
 from fast_anerf.data.background import static_background
 from fast_anerf.data.frames import MASK_THRESHOLD, as_rgb, binarize_mask, read_frames
 from fast_anerf.data.h5_write import write_anerf_h5
-from fast_anerf.data.rays import bounding_cylinder
+from fast_anerf.data.rays import OPENCV_TO_OPENGL, bounding_cylinder
 from fast_anerf.errors import DataError, UserError, refuse_to_replace
 from fast_anerf.skeleton import axis_angle_to_matrix, matrix_to_axis_angle
 
@@ -82,7 +82,6 @@ SMPL_MEAN_PELVIS = np.array([-0.0018, -0.2233, 0.0282])
 EXT_SCALE = 0.001
 BACKGROUND_MODES = ("median", "white", "none")
 FOCAL_MODES = ("diagonal", "spin")
-OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0])  # flips a camera's y and z axes; its own inverse
 ALIASES = {
     "rotmat": ("pred_rotmat", "pred_rot_mat", "rotmat"),
     "pose": ("pose", "pred_pose"),

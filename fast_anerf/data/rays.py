@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0])  # flips a camera's y and z axes (OpenCV <-> OpenGL); its own inverse
+
 Tensor = torch.Tensor
 
 

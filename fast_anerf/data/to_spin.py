@@ -41,13 +41,13 @@ import torch
 from fast_anerf.data.anerf_h5 import AnerfData, open_anerf_h5
 from fast_anerf.data.from_spin import (
     ALIASES,
-    OPENCV_TO_OPENGL,
     SMPL_MEAN_PELVIS,
     SpinFrames,
     crop_camera_to_full,
     load_spin_npz,
     smpl_rest_joints,
 )
+from fast_anerf.data.rays import OPENCV_TO_OPENGL
 from fast_anerf.errors import DataError, UserError, refuse_to_replace
 from fast_anerf.run_files import atomic_file
 from fast_anerf.skeleton import axis_angle_to_matrix, matrix_to_axis_angle
