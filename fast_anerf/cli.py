@@ -46,7 +46,7 @@ class Train:
     resume: bool = False
     """Continue from OUT/checkpoint.pt with its config; the result equals an uninterrupted run. --steps,
     --max-minutes, --eval-every and the pose schedule flags may change; --preset, --field, --seed, --gt-poses,
-    --multiview and switching pose refinement off may not (they would train another model)."""
+    --multiview, switching pose refinement on or off, and other --data may not (they would train another model)."""
     backend: Backend = "auto"
     """Encoding/MLP backend: 'tcnn' (tiny-cuda-nn, CUDA), 'cpu' (fused C hash-grid kernels, built with the
     system C compiler on first use), 'torch' (plain PyTorch, everywhere) or 'auto': the fastest available."""
@@ -80,7 +80,8 @@ class Train:
 
 @dataclass(frozen=True)
 class Eval:
-    """PSNR and SSIM (whole image and foreground-masked) of a trained character on held-out splits."""
+    """PSNR and SSIM (whole image, inside A-NeRF's body box, foreground-masked) of a trained character on held-out
+    splits, and for a run that refined its poses, MPJPE / PA-MPJPE before and after."""
 
     ckpt: Path
     """Checkpoint written by `fast-anerf train` (OUT/checkpoint.pt)."""
@@ -111,9 +112,10 @@ class Synth:
     res: int = 128
     """Image height and width in pixels."""
     seed: int = 0
-    """Random seed (poses, pose noise, cameras)."""
+    """Random seed of the training poses' noise (cameras and motions are fixed)."""
     force: bool = False
-    """Regenerate even if a cached set with the same parameters exists."""
+    """Regenerate even if a set with the same parameters exists; outside the cache, also replace files that are not
+    this set (without it they are refused)."""
 
     def main(self) -> None:
         from fast_anerf.data.synthetic import default_data_dir, generate_dataset
@@ -279,7 +281,8 @@ class Refine:
     out: Path = Path("runs/refine")
     """Output folder: refined.h5 (A-NeRF keys bones/kp3d/skts refined) and refine_report.json."""
     steps: int = 1000
-    """Optimisation steps (~30 ms each on 2 CPU cores, whatever the number of frames)."""
+    """Optimisation steps for each window of --window images (~30 ms each on 2 CPU cores): every frame gets the
+    same refinement, and a sequence takes (images / window) times as many steps."""
     lr: float = 1e-3
     """Pose learning rate (Adam) at the first step."""
     lr_decay: float = 0.3
@@ -295,17 +298,21 @@ class Refine:
     multiview: bool = False
     """Images with the same kp_idxs (one time instant seen by several cameras) share one body pose: their
     non-root rotations are refined together (as train --multiview)."""
+    window: int = 64
+    """Images refined together (consecutive frames; one batch holds them all): see `fast_anerf/refine.py`."""
     rays_per_batch: int = 2048
     seed: int = 0
     overwrite: bool = False
-    """Replace an existing OUT/refined.h5."""
+    """Replace an existing OUT/refined.h5 (or start an interrupted refinement over)."""
+    resume: bool = False
+    """Continue an interrupted refinement (Ctrl-C keeps the finished windows in OUT/refine_progress.pt)."""
     device: Device = "auto"
     backend: Backend = "auto"
 
-    def main(self) -> None:
+    def main(self) -> int:
         from fast_anerf.refine import run_refine
 
-        run_refine(self)
+        return 130 if run_refine(self).get("interrupted") else 0  # 130 as any Ctrl-C: `refine && render` stops
 
 
 @dataclass(frozen=True)
@@ -322,7 +329,8 @@ class Render:
     out: Path = Path("renders/out")
     """Output folder; replaced only if it holds an earlier render."""
     res: tuple[int, int] | None = None
-    """Output size H W in pixels (cameras are rescaled). Default: the data's. Mesh: the turntable's size H."""
+    """Output size H W in pixels (cameras are rescaled). Default: the data's. Mesh: a square H x H turntable
+    (default 256)."""
     background: Literal["white", "black", "data"] | None = None
     """Colour behind the body; 'data' = the frame's background image. Default: data for val, else white."""
     frames: tuple[int, ...] = ()

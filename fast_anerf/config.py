@@ -17,7 +17,12 @@ from typing import Any, Literal
 from fast_anerf.anerf_field import ANeRFFieldConfig
 from fast_anerf.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# configs/ beside the package (a checkout, an editable install), or its copy inside an installed wheel.
+CONFIG_DIR = next(
+    (d for d in (Path(__file__).resolve().parent.parent / "configs", Path(__file__).resolve().parent / "configs")
+     if d.is_dir()),
+    Path(__file__).resolve().parent.parent / "configs",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -192,6 +192,18 @@ def default_eval_data(ckpt: dict, ckpt_path: Path) -> Path:
     return folder
 
 
+def _is_json(path: Path) -> bool:
+    """Whether ``path`` holds JSON (an earlier metrics file ``--json`` may replace), read up to 64 MB."""
+    import json
+
+    try:
+        with open(path, "rb") as handle:
+            json.loads(handle.read(64 << 20))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def run_eval(args) -> dict:
     """``fast-anerf eval``: metrics of a checkpoint on held-out splits, to screen and JSON."""
     from fast_anerf.model import load_character
@@ -203,6 +215,9 @@ def run_eval(args) -> dict:
         raise UserError(f"--max-frames {args.max_frames}: expected at least 1 frame per split (or leave it out)")
     if args.json is not None and Path(args.json).is_dir():  # found now, not after minutes of rendering
         raise UserError(f"{args.json}: is a folder; --json is the file the metrics go to, e.g. {args.json}/eval.json")
+    if args.json is not None and Path(args.json).is_file() and not _is_json(Path(args.json)):
+        raise UserError(f"{args.json}: exists and is not a JSON file (a checkpoint, data?); --json would replace it "
+                        "— choose another path")  # fmt: skip
     device = pick_device(args.device)
     model, ckpt = load_character(args.ckpt, device=device, backend=args.backend)
     model.eval()

@@ -33,7 +33,7 @@ direction in all 24 joint frames. Design choices, with the reason for each:
   levels fitted early bake the pose errors into the body and give the poses sharp, local gradients; coarse
   ones first let the poses settle. Off by default: measured with the demo preset (2000 of 4000 steps, from
   2 of 8 levels), seeds 0 / 1, MPJPE -55.2 % / -57.2 % against -53.5 % / -53.6 % without and held-out PSNR
-  up to +0.27 dB, but the root drifted in scripts/bench_spin_loop.py (``configs/demo.toml`` has the figures).
+  +0.2 dB on test_pose, but the root drifted in scripts/bench_spin_loop.py (``configs/demo.toml`` has the figures).
 * **Colour** sees geometry features, the ray direction relative to the contributing bones (blended like the
   features, encoded with degree-4 spherical harmonics; view dependence is tied to the body, not the world)
   and A-NeRF's 16-D per-frame appearance code (the mean code for frames never seen).

@@ -264,6 +264,8 @@ def plan_mesh(scene, args) -> MeshJob:
 
     sigma_threshold(args.mesh_threshold, scene.model.height)  # validate before any work
     renderer = pick_mesh_renderer(args.mesh_renderer)
+    if args.rest and args.frames:
+        raise UserError("--rest meshes the rest pose, not --frames; drop one of them")
     if args.rest:
         rest = scene.model.rest_pose.cpu()
         skts = pose_to_skts(rest, torch.eye(3).expand(24, 3, 3), torch.zeros(3))

@@ -2,8 +2,9 @@
 
 Checkpoint format (a ``torch.save`` dict, written atomically):
 ``version``, ``field_type``, ``config`` (plain dict of ``RunConfig``), ``n_frame_codes``, ``model`` (state
-dict of ``Character``), and the trainer's ``optimizer``, ``step``, ``rng``, ``elapsed_s``, ``data`` (the training
-.h5), ``eval_data`` (its held-out folder or file, or None).
+dict of ``Character``), and the trainer's ``optimizer``, ``step``, ``torch_rng`` / ``cuda_rng`` / ``pool``
+(random states), ``elapsed_s``, ``history``, ``poses`` (refined poses and their optimiser), ``data`` (the training
+.h5), ``data_fingerprint`` (what ``--resume`` checks), ``eval_data`` (its held-out folder or file, or None).
 """
 
 from __future__ import annotations

@@ -228,6 +228,11 @@ class PoseRefiner:
         device = poses.root.device
         self.prev, self.next, self.valid = prev.to(device), nxt.to(device), valid.to(device)
 
+    def restart(self) -> None:
+        """A fresh Adam (zero moments): rows that get no gradient from now on do not move at all (with the old
+        moments they would drift on). ``fast-anerf refine`` restarts for each window of frames."""
+        self.optimizer = torch.optim.Adam(self.poses.parameters(), lr=self.optimizer.param_groups[0]["lr"])
+
     def active(self, step: int) -> bool:
         """Whether poses are optimised at training step ``step`` (1-based step being taken)."""
         return step > self.start and (self.stop <= 0 or step <= self.stop)

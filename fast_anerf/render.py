@@ -124,6 +124,7 @@ class View:
     code_id: int  # appearance code, -1 = mean code
     background: torch.Tensor
     gt: torch.Tensor | None = None  # [H, W, 3] ground truth (val)
+    gt_columns: torch.Tensor | None = None  # [W] bool: columns the photo covers (PSNR); None = all
     panel: np.ndarray | None = None  # uint8 [H, W, 3] shown right of the render (correction: photo + skeletons)
     caption: tuple[str, str] | None = None  # written on the render: (text, short text for narrow images)
 
@@ -139,20 +140,37 @@ def resize_image(image: np.ndarray | torch.Tensor, height: int, width: int, cent
     t = torch.as_tensor(np.asarray(image))
     t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
     h, w = t.shape[:2]
-    scale = height / h
-    stretch = center is None or abs(width / w - scale) < 1e-9
-    size = (height, width) if stretch else (height, max(1, round(w * scale)))
+    columns = _photo_columns(h, w, height, width, center)
+    size = (height, width) if columns is None else (height, max(1, round(w * height / h)))
     if t.shape[:2] != size:
         t = F.interpolate(t.permute(2, 0, 1)[None], size, mode="bilinear", antialias=True)[0].permute(1, 2, 0)
-    if not stretch:  # render column u sees photo column cx + (u - cx * W / w) / scale, at `scale` per pixel
-        cx = center[0]
-        source = (cx + (torch.arange(width, dtype=torch.float32) - cx * width / w) / scale) * size[1] / w
+    if columns is not None:
+        source, inside = columns
         left = source.floor().long()
         frac = (source - left)[:, None]
-        inside = (source >= 0) & (source <= size[1] - 1)
         a, b = t[:, left.clamp(0, size[1] - 1)], t[:, (left + 1).clamp(0, size[1] - 1)]
         t = torch.where(inside[:, None], a * (1 - frac) + b * frac, torch.ones(()))
     return t.clamp(0, 1)
+
+
+def photo_coverage(h: int, w: int, height: int, width: int, center: tuple[float, float]) -> torch.Tensor | None:
+    """``[width]`` bool: the columns of a ``height x width`` render that ``resize_image`` fills from an ``h x w``
+    photo (the rest is white padding); None when it covers them all (same aspect)."""
+    columns = _photo_columns(h, w, height, width, center)
+    return None if columns is None else columns[1]
+
+
+def _photo_columns(h, w, height, width, center):
+    """``resize_image``'s column mapping at another aspect: ``(source [width] float column of the photo resized to
+    height ``height``, inside [width] bool)``; None when the axes just stretch (same aspect, or no ``center``)."""
+    scale = height / h
+    if center is None or abs(width / w - scale) < 1e-9:
+        return None
+    resized_w = max(1, round(w * scale))
+    # render column u sees photo column cx + (u - cx * W / w) / scale, at `scale` per pixel
+    cx = center[0]
+    source = (cx + (torch.arange(width, dtype=torch.float32) - cx * width / w) / scale) * resized_w / w
+    return source, (source >= 0) & (source <= resized_w - 1)
 
 
 def camera(data, i: int, height: int, width: int) -> tuple[torch.Tensor, float, tuple[float, float]]:
@@ -188,15 +206,21 @@ def orbit_cameras(c2w: torch.Tensor, pivot: torch.Tensor, n_views: int) -> torch
 
 
 def trained_skts(ckpt: dict, data, model, use_refined: bool = True) -> tuple[torch.Tensor, str, str]:
-    """Pose rows ``skts [P, 24, 4, 4]`` the model was trained on, where they come from, and why the checkpoint's
-    refined poses were not used ('' when they were, or when there are none).
+    """Pose rows ``skts [P, 24, 4, 4]`` the model was trained on, where they come from, and why ``data`` is not
+    the run's training data ('' when it is, or cannot be told).
 
-    The refined poses stored in the checkpoint when they match ``data``'s pose rows; else the file's ``gt_skts``
-    for ``--gt-poses`` runs, else its ``skts`` (refined poses with another row count belong to other data).
+    The refined poses stored in the checkpoint when ``data`` is the file they were refined from; else the file's
+    ``gt_skts`` for ``--gt-poses`` runs, else its ``skts``. The checkpoint's fingerprint of its data tells another
+    file with as many poses (another subset, a regenerated file), whose frames its poses and codes do not fit.
     """
+    from fast_anerf.run_setup import fingerprint
+
+    stored = ckpt.get("data_fingerprint")  # None: a checkpoint of an older version
+    arrays = data.arrays
+    other = stored is not None and stored != fingerprint(data.n_images, data.height, data.width, arrays["kp3d"])
+    mismatch = f"{data.path} is not the data this run trained on (other images or poses)" if other else ""
     state = ckpt.get("poses")
-    mismatch = ""
-    if use_refined and isinstance(state, dict) and "poses" in state:
+    if use_refined and not other and isinstance(state, dict) and "poses" in state:
         from fast_anerf.pose import RefinablePoses
 
         sd = state["poses"]
@@ -247,8 +271,9 @@ class Scene:
         return self.skts[self.data.pose_index(i)]
 
     def code(self, i: int) -> int:
-        """Training image ``i``'s own appearance code (the mean code if the model has no such code)."""
-        return i if i < self.model.n_frame_codes else -1
+        """Training image ``i``'s own appearance code (the mean code if the model has no such code, or ``--data``
+        is not the run's training data)."""
+        return i if i < self.model.n_frame_codes and not self.mismatch else -1
 
     def check_frames(self, frames: tuple[int, ...]) -> list[int]:
         for i in frames:
@@ -303,6 +328,10 @@ def plan_retarget(scene: Scene, args) -> list[View]:
     else:
         bones, roots, canonical = read_pose_file(args.source)
     if canonical:  # stand where the training subject stood, sized like our skeleton
+        if args.recenter:
+            what = f"--motion {args.motion}" if args.motion is not None else f"{args.source} (bones + root)"
+            raise UserError(f"--recenter: {what} is in the canonical frame, placed on the training subject "
+                            "already; drop --recenter (it moves world-frame sources)")  # fmt: skip
         bones, roots = place_canonical(bones, roots, scene.model.height, mean_root)
     else:
         bones, roots = torch.as_tensor(bones), torch.as_tensor(roots)
@@ -378,9 +407,12 @@ def held_out_path(scene: Scene, source: Path | None) -> Path:
     test_pose.h5), else those next to the training data."""
     if source is not None:
         return Path(source)
-    stored = Path(str(scene.ckpt.get("eval_data") or scene.data.path.parent))
+    recorded = scene.ckpt.get("eval_data")
+    stored = Path(str(recorded or scene.data.path.parent))
     if stored.is_file():
         return stored
+    if recorded and not stored.exists():
+        raise UserError(f"{stored}: the run's held-out data is not there any more (moved?); pass --source FILE.h5")
     folder = stored
     for name in ("test_view.h5", "test_pose.h5"):
         if (folder / name).is_file():
@@ -402,8 +434,12 @@ def plan_val(scene: Scene, args):
         for i in frames:
             c2w, focal, center = camera(val, i, height, width)
             bg = background(args.bg, val, i, height, width)
-            gt = resize_image(val.image(i), height, width, val.center(i))
-            views.append(View(c2w, focal, center, skts[val.pose_index(i)], -1, bg, gt))
+            photo, stored = val.image(i), val.background(i)
+            if stored is not None:  # as eval (A-NeRF's --eval): the photo's body over the background it renders on
+                photo = np.where(val.mask(i)[..., None], photo, stored)
+            gt = resize_image(photo, height, width, val.center(i))
+            columns = photo_coverage(val.height, val.width, height, width, val.center(i))
+            views.append(View(c2w, focal, center, skts[val.pose_index(i)], -1, bg, gt, columns))
     return views, height, width
 
 
@@ -423,6 +459,8 @@ TYPE_OPTIONS = {
     "mesh_res": ("mesh",),
     "mesh_threshold": ("mesh",),
     "mesh_renderer": ("mesh",),
+    "background": ("bullet", "retarget", "interpolate", "animate", "correction", "val"),  # mesh: its own shading
+    "refined": ("bullet", "retarget", "interpolate", "animate", "correction", "mesh"),  # val: the held-out poses
 }
 
 
@@ -430,10 +468,12 @@ def _check_args(args) -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(args)} if dataclasses.is_dataclass(args) else {}
     for name, types in TYPE_OPTIONS.items():
         if name in defaults and getattr(args, name) != defaults[name] and args.type not in types:
-            flag = "--" + name.replace("_", "-")
+            flag = ("--no-" if defaults[name] is True else "--") + name.replace("_", "-")  # as typed
             raise UserError(f"{flag} is for --type {' / '.join(types)}, not {args.type}; drop it or change --type")
     if args.res is not None and min(args.res) < 1:
         raise UserError(f"--res {args.res[0]} {args.res[1]}: expected two positive sizes (H W)")
+    if args.chunk is not None and args.chunk < 1:
+        raise UserError(f"--chunk {args.chunk}: expected at least 1 ray per chunk (default: the run's chunk_rays)")
     for name in ("n_views", "n_steps", "fps", "mesh_res", "motion_frames"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -458,8 +498,9 @@ def render_views(scene: Scene, views: list[View], height: int, width: int, out, 
             )  # fmt: skip
             pred = result["rgb"].cpu().clamp(0, 1)
             image = to_uint8(pred)
-            if v.gt is not None:
-                psnrs.append(psnr(pred, v.gt))
+            if v.gt is not None:  # over the columns the photo covers: white padding would match exactly
+                cols = slice(None) if v.gt_columns is None else v.gt_columns
+                psnrs.append(psnr(pred[:, cols], v.gt[:, cols]))
                 text = label(image, f"PSNR {psnrs[-1]:.2f} dB", short=f"{psnrs[-1]:.1f}")
                 image = np.concatenate([text, label(to_uint8(v.gt), "GT")], axis=1)
             elif v.panel is not None:

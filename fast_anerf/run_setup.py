@@ -8,6 +8,7 @@ import hashlib
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fast_anerf.config import RunConfig, load_preset
@@ -48,9 +49,16 @@ def resolve_data(data: Path | None) -> tuple[Path, Path | None]:
 
 def data_fingerprint(split: Split) -> str:
     """What tells a run's training data from another file cheaply: image count and size, and a hash of the
-    file's poses (``kp3d``), so that ``--resume`` refuses other data that merely has as many images."""
-    digest = hashlib.sha256(split.kp3d.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-    return f"{split.n_images}x{split.height}x{split.width}:{digest}"
+    file's poses (``kp3d``), so that ``--resume`` refuses other data that merely has as many images (and render
+    and the viewer do not put its refined poses on it)."""
+    return fingerprint(split.n_images, split.height, split.width, split.kp3d)
+
+
+def fingerprint(n_images: int, height: int, width: int, kp3d) -> str:
+    """``data_fingerprint`` from its parts; ``kp3d [P, 24, 3]`` (array or tensor) is hashed as float32."""
+    values = kp3d.detach().cpu() if isinstance(kp3d, torch.Tensor) else torch.as_tensor(np.asarray(kp3d))
+    digest = hashlib.sha256(values.float().contiguous().numpy().tobytes()).hexdigest()[:16]
+    return f"{n_images}x{height}x{width}:{digest}"
 
 
 def default_rest_pose(split: Split) -> torch.Tensor:

@@ -118,9 +118,12 @@ class Trainer:
         self.train_path, self.eval_dir = resolve_data(data_arg)
         if args.eval_data is not None:
             self.eval_dir = Path(args.eval_data)
-        elif resume_state is not None and args.data is None and resume_state.get("eval_data"):
-            # The run's own held-out data (its "data" is the training .h5 alone, whose folder may hold none).
-            self.eval_dir = Path(resume_state["eval_data"])
+        elif resume_state is not None and resume_state.get("eval_data"):
+            # The run's own held-out data (its "data" may be the training .h5 alone, whose folder holds none),
+            # also when --data names the training data again; if that moved, its new folder's held-out files.
+            stored = Path(resume_state["eval_data"])
+            if args.data is None or stored.exists():
+                self.eval_dir = stored
         self.split = load_split(self.train_path, keep_masks=False)
         self.data_fingerprint = data_fingerprint(self.split)
         stored_fingerprint = resume_state.get("data_fingerprint") if resume_state is not None else None

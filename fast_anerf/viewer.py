@@ -159,13 +159,14 @@ class TrainingView:
     aspect: float  # width / height
 
 
-def load_training_view(data, skts: torch.Tensor) -> TrainingView:
+def load_training_view(data, skts: torch.Tensor, own_codes: bool = True) -> TrainingView:
     """Poses ``skts [P, 24, 4, 4]`` (one row per pose of the open A-NeRF file ``data``; appearance code = the
-    first image showing it) and the file's camera 0, without loading its images."""
+    first image showing it, or the mean code without ``own_codes``: not the run's training file) and the file's
+    camera 0, without loading its images."""
     arrays = data.arrays
     pose_idxs = np.asarray(data.pose_idxs)
     code_ids = np.full(skts.shape[0], -1, np.int64)
-    for image in range(len(pose_idxs) - 1, -1, -1):  # backwards: the first image wins
+    for image in range(len(pose_idxs) - 1, -1, -1) if own_codes else ():  # backwards: the first image wins
         code_ids[pose_idxs[image]] = image
     focal = float(np.asarray(arrays["focals"]).reshape(-1)[0])
     c2w = np.asarray(arrays["c2ws"], np.float64).reshape(-1, 4, 4)[0]

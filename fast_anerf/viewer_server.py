@@ -397,7 +397,7 @@ def build_state(args) -> tuple[ViewerState, TrainingView | None]:
         train_h5, _ = resolve_data(Path(data))
         with open_anerf_h5(train_h5) as opened:  # the poses the model was trained on: refined ones if any
             skts, note, mismatch = trained_skts(ckpt, opened, model)
-            home = load_training_view(opened, skts)
+            home = load_training_view(opened, skts, own_codes=not mismatch)
             if note == REFINED_NOTE:  # the estimates too, to compare what refinement changed
                 estimates = torch.as_tensor(opened.arrays["skts"], dtype=torch.float32)
                 extra.append(replace(load_training_view(opened, estimates).sequence, name=ESTIMATED))

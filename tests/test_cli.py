@@ -69,9 +69,11 @@ def test_mistakes_found_before_any_work(tmp_path, tiny_data, tiny_model, capsys)
     refine = ["refine", "--ckpt", ckpt, "--data", frames, "--device", "cpu", "--out"]
     cases = [
         (["eval", "--ckpt", ckpt, "--json", str(tmp_path / "a_folder")], "is a folder; --json is the file"),
+        (["eval", "--ckpt", ckpt, "--json", ckpt], "checkpoint.pt: exists and is not a JSON file"),
         ([*refine, str(tmp_path / "a_file")], "is a file; --out is the folder refined.h5"),
-        ([*refine, str(tmp_path / "r"), "--steps", "0"], "--steps 0 --lr 0.001: expected at least one step"),
-        ([*refine, str(tmp_path / "r"), "--lr", "-1"], "--steps 1000 --lr -1.0: expected at least one step"),
+        ([*refine, str(tmp_path / "r"), "--steps", "0"], "--steps 0: expected at least 1"),
+        ([*refine, str(tmp_path / "r"), "--lr", "-1"], "--lr -1.0: expected a learning rate >= 0"),
+        ([*refine, str(tmp_path / "r"), "--rays-per-batch", "-5"], "--rays-per-batch -5: expected at least 1 ray"),
         (["data", "inspect", frames, "--frames", "0"], "--frames 0: expected at least 1 frame"),
         (["train", "--data", str(tiny_data), "--out", str(tmp_path / "t"), "--temp-coef", "-1"],
          "temp_coef = -1.0 must be >= 0"),

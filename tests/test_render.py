@@ -253,6 +253,12 @@ def test_bad_retarget_file_is_refused_and_writes_nothing(tiny_model, tmp_path, c
         (["--type", "correction", "--n-views", "8"], ["--n-views", "bullet / mesh"]),
         (["--type", "bullet", "--rest"], ["--rest", "mesh"]),
         (["--type", "animate", "--motion-frames", "5"], ["--motion-frames", "retarget"]),
+        (["--type", "val", "--no-refined"], ["--no-refined is for --type", "not val"]),
+        (["--type", "mesh", "--background", "black"], ["--background is for", "not mesh"]),
+        (["--type", "mesh", "--rest", "--frames", "2"], ["--rest meshes the rest pose, not --frames"]),
+        (["--type", "retarget", "--motion", "wave", "--recenter"], ["--recenter: --motion wave is in the canonical"]),
+        (["--type", "bullet", "--chunk", "-1"], ["--chunk -1: expected at least 1 ray"]),
+        (["--type", "bullet", "--chunk", "0"], ["--chunk 0: expected at least 1 ray"]),
     ],
 )
 def test_an_option_the_type_does_not_read_is_refused(tiny_model, tmp_path, capsys, args, words):
@@ -340,12 +346,26 @@ def test_correction_morphs_the_estimate_into_the_refined_pose(tiny_model, tiny_d
     refined_ckpt = tmp_path / "refined.pt"
     torch.save(ckpt, refined_ckpt)
 
-    # Refined poses of other data (8 rows) than --data (test_pose.h5): said in one line, not "no refined poses".
+    # Refined poses of other data than --data (test_pose.h5): said in one line, not "no refined poses".
     capsys.readouterr()
     other = tiny_data / "test_pose.h5"
     assert _render(refined_ckpt, tmp_path / "other", "--type", "correction", "--data", str(other)) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "refined poses do not match" in err and "test_pose.h5" in err
+    assert len(err.splitlines()) == 1 and "test_pose.h5 is not the data this run trained on" in err
+    # Other data with as many rows (the same frames in reverse order): its poses and the mean code, not the
+    # checkpoint's refined poses of other frames (the fingerprint tells them apart).
+    np.save(tmp_path / "reverse.npy", np.arange(8)[::-1].copy())
+    reverse = tmp_path / "reverse.h5"
+    assert entrypoint(["data", "subset", str(tiny_data / "train.h5"), "--select", str(tmp_path / "reverse.npy"),
+                       "--out", str(reverse)]) == 0  # fmt: skip
+    assert _render(refined_ckpt, tmp_path / "rev", "--type", "correction", "--data", str(reverse)) == 2
+    assert "reverse.h5 is not the data this run trained on" in capsys.readouterr().err
+    assert _render(refined_ckpt, tmp_path / "rev", "--type", "retarget", "--frames", "2", "--data", str(reverse)) == 0
+    assert json.loads((tmp_path / "rev" / "render.json").read_text())["poses"] == "the data's poses (skts)"
+    with open_anerf_h5(tiny_data / "train.h5") as data:  # its image 2 is frame 5: its estimate, camera, mean code
+        estimate5 = torch.as_tensor(data.arrays["skts"][data.pose_index(5)])
+    expected = _expected_frame(load_character(tiny_model)[0], tiny_data / "train.h5", 5, estimate5, 48, torch.ones(3))
+    assert np.abs(_frames(tmp_path / "rev")[0].astype(float) - expected).max() <= 2
 
     assert _render(refined_ckpt, tmp_path / "corr", "--type", "correction", "--frames", "5", "--n-steps", "2") == 0
     frames = _frames(tmp_path / "corr")

@@ -114,6 +114,15 @@ def test_resume_keeps_the_held_out_evaluation_and_eval_data_adds_one(tiny_data, 
     assert Trainer(single).run()["splits"] == {}  # one .h5: nothing held out
     held_out = Trainer(replace(single, out=tmp_path / "single_eval", eval_data=tiny_data / "test_view.h5")).run()
     assert set(held_out["splits"]) == {"test_view"} and held_out["splits"]["test_view"]["psnr"] > 5.0
+    # Resumed with its training .h5 named again (not its folder): still its own held-out data, not none.
+    argv = ["train", "--data", str(tiny_data / "train.h5"), "--out", str(tmp_path / "single_eval"), "--resume",
+            "--steps", "3", "--device", "cpu"]  # fmt: skip
+    assert entrypoint(argv) == 0
+    summary = json.loads((tmp_path / "single_eval" / "eval.json").read_text())
+    assert summary["step"] == 3 and set(summary["splits"]) == {"test_view"}
+    assert torch.load(tmp_path / "single_eval" / "checkpoint.pt", weights_only=False)["eval_data"] == str(
+        (tiny_data / "test_view.h5").resolve()
+    )
 
 
 def test_checkpoint_names_its_data_absolutely_and_eval_finds_the_runs_held_out_data(tiny_data, tmp_path, monkeypatch,

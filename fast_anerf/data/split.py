@@ -205,24 +205,27 @@ class RayPool:
     once per epoch, as A-NeRF's ``RayImageSampler``) and ``rays_per_batch // images_per_batch`` pixels of
     each, uniformly inside its sampling mask. Rays and colours are made for the batch's pixels only (a few
     thousand per step), not stored for every trainable pixel. All randomness comes from ``generator``, whose
-    state (with ``state_dict``) makes resumed runs identical to uninterrupted ones.
+    state (with ``state_dict``) makes resumed runs identical to uninterrupted ones. ``images [M]``: draw from these
+    images of the split only (``fast-anerf refine``'s windows of consecutive frames); default all.
     """
 
-    def __init__(self, split: Split, rays_per_batch: int, images_per_batch: int, generator: torch.Generator):
+    def __init__(self, split: Split, rays_per_batch: int, images_per_batch: int, generator: torch.Generator,
+                 images: torch.Tensor | None = None) -> None:  # fmt: skip
         self.split = split
         self.generator = generator
-        self.images_per_batch = min(images_per_batch, split.n_images)
+        self.images = torch.arange(split.n_images) if images is None else torch.as_tensor(images, dtype=torch.long)
+        self.images_per_batch = min(images_per_batch, self.images.numel())
         self.rays_per_image = max(1, rays_per_batch // self.images_per_batch)
         counts = split.sample_counts
-        if int(counts.min()) == 0:
-            empty = int((counts == 0).nonzero()[0])
+        if int(counts[self.images].min()) == 0:
+            empty = int(self.images[counts[self.images] == 0][0])
             raise DataError(
                 f"{split.path}: key 'sampling_masks' (or 'masks') of image {empty} is empty; "
                 "every training image needs foreground pixels — fix or drop that frame"
             )
         self.counts = counts
         self.starts = torch.cumsum(counts, 0) - counts
-        self._perm = torch.randperm(split.n_images, generator=generator)
+        self._perm = self.images[torch.randperm(self.images.numel(), generator=generator)]
         self._cursor = 0
 
     def __len__(self) -> int:
@@ -232,8 +235,8 @@ class RayPool:
         """``rays_o, rays_d, rgb, background [B, 3]``; ``image_idx``, ``pixel_ids`` (flat) ``[B]`` long.
 
         B = images per batch x rays per image, grouped by image in increasing order."""
-        if self._cursor + self.images_per_batch > self.split.n_images:
-            self._perm = torch.randperm(self.split.n_images, generator=self.generator)
+        if self._cursor + self.images_per_batch > self.images.numel():
+            self._perm = self.images[torch.randperm(self.images.numel(), generator=self.generator)]
             self._cursor = 0
         images = self._perm[self._cursor : self._cursor + self.images_per_batch].sort().values
         self._cursor += self.images_per_batch
@@ -258,10 +261,10 @@ class RayPool:
         return {"perm": self._perm.clone(), "cursor": self._cursor, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        n = self.split.n_images
+        n = self.images.numel()
         perm = state["perm"]
-        if not isinstance(perm, torch.Tensor) or not torch.equal(perm.sort().values, torch.arange(n)):
-            raise ValueError(f"the saved ray pool draws from {len(perm)} images but this data has {n}")
+        if not isinstance(perm, torch.Tensor) or not torch.equal(perm.sort().values, self.images.sort().values):
+            raise ValueError(f"the saved ray pool draws from {len(perm)} images but this one from {n}")
         self._perm = perm.clone()
         self._cursor = int(state["cursor"])
         self.generator.set_state(state["generator"])

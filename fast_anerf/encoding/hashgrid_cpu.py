@@ -22,7 +22,8 @@ at the first opaque sample. The PyTorch rounds it replaces (``volrend.visibility
 ``4, 8, 16...`` candidates per still-transparent ray with ~40 tensor ops a round; here no density is evaluated
 behind the surface (3.2 instead of 4.4 per training ray) and there is no per-round overhead. A/B on a
 converged model (2-core CPU, medians of alternating 16-step blocks): 36.6 -> 31.9 ms per training step;
-``bench_sampling.py`` over 4000 steps: grids-on training 3.0x -> 3.6x the rays/s of no skipping.
+``bench_sampling.py`` over 4000 steps: grids-on training 3.0x -> 3.6x the rays/s of no skipping (4.2x with
+later changes: README).
 
 Built and loaded by ``ckernels.load_library`` (system C compiler on first use, cached; no compiler: the
 backend is unavailable and ``auto`` uses ``torch``, the model's description line names the backend that

@@ -1,0 +1,87 @@
+"""`fast-anerf refine` over windows of consecutive frames: every frame gets the same steps, frames outside the
+window being refined stay put, and Ctrl-C + ``--resume`` gives the uninterrupted result."""
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from fast_anerf.cli import entrypoint
+from fast_anerf.refine import PROGRESS_NAME, consecutive_windows
+
+
+def _refine(tiny_model, data, out, *extra) -> int:
+    argv = ["refine", "--ckpt", str(tiny_model), "--data", str(data), "--out", str(out), "--steps", "6", "--lr",
+            "1e-2", "--rays-per-batch", "96", "--window", "3", "--device", "cpu", "--backend", "torch"]  # fmt: skip
+    return entrypoint([*argv, *extra])
+
+
+def test_windows_are_consecutive_balanced_and_keep_a_unit_whole():
+    windows = consecutive_windows(torch.arange(8), 8, 3)
+    assert [w.tolist() for w in windows] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert [w.tolist() for w in consecutive_windows(torch.arange(130), 130, 64)][0] == list(range(44))  # 44/43/43
+    # Time instants of 4 images each (multiview), images listed instant-major: an instant is never split.
+    units = torch.arange(8).repeat_interleave(4)
+    windows = consecutive_windows(units, 8, 10)  # ceil(32 / 10) = 4 windows of 2 instants
+    assert [sorted(set(units[w].tolist())) for w in windows] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert torch.equal(torch.cat(windows).sort().values, torch.arange(32))
+    # A row no image uses (unit 2) just makes no window bigger.
+    assert [w.tolist() for w in consecutive_windows(torch.tensor([0, 1, 3, 4]), 5, 2)] == [[0, 1], [2, 3]]
+
+
+def test_interrupted_refinement_resumes_to_the_uninterrupted_result(tiny_model, tiny_data, tmp_path, monkeypatch,
+                                                                    capsys):  # fmt: skip
+    import fast_anerf.refine as refine
+
+    data = tiny_data / "train.h5"  # 8 frames: windows of 3, 3 and 2 images
+    assert _refine(tiny_model, data, tmp_path / "straight") == 0
+    with h5py.File(tmp_path / "straight" / "refined.h5") as f:
+        straight = {k: f[k][:] for k in ("bones", "kp3d", "skts")}
+    with h5py.File(data) as f:
+        initial = f["kp3d"][:]
+    assert not (tmp_path / "straight" / PROGRESS_NAME).exists()
+    moved = np.abs(straight["kp3d"] - initial).max(axis=(1, 2))
+    assert (moved > 1e-4).all(), moved  # every window's frames were refined
+
+    original = refine._refine_window
+
+    def ctrl_c_in_window_2(*args):
+        if args[7] == 1:  # k
+            raise KeyboardInterrupt
+        return original(*args)
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(refine, "_refine_window", ctrl_c_in_window_2)
+    capsys.readouterr()
+    assert _refine(tiny_model, data, out) == 130
+    assert "1 of 3 windows are saved" in capsys.readouterr().out
+    assert (out / PROGRESS_NAME).is_file() and not (out / "refined.h5").exists()
+    saved = torch.load(out / PROGRESS_NAME, weights_only=True)["poses"]["root"].numpy()
+    assert np.abs(saved[:3] - initial[:3, 0]).max() > 1e-4  # window 1 refined ...
+    assert np.array_equal(saved[3:], initial[3:, 0])  # ... the frames of the later windows untouched
+
+    assert _refine(tiny_model, data, out) == 2  # without --resume: refused, progress kept
+    err = capsys.readouterr().err
+    assert PROGRESS_NAME in err and "--resume" in err and "--overwrite" in err
+    assert _refine(tiny_model, data, out, "--resume", "--steps", "7") == 2  # other options: refused, named
+    assert "steps=6 (now 7)" in capsys.readouterr().err
+    monkeypatch.setattr(refine, "_refine_window", original)
+    assert _refine(tiny_model, data, out, "--resume") == 0
+    assert "resuming after window 1" in capsys.readouterr().out
+    with h5py.File(out / "refined.h5") as f:
+        for key, value in straight.items():
+            assert np.array_equal(f[key][:], value), key
+    assert not (out / PROGRESS_NAME).exists()
+
+
+def test_resume_without_an_interrupted_refinement_is_refused(tiny_model, tiny_data, tmp_path, capsys):
+    assert _refine(tiny_model, tiny_data / "train.h5", tmp_path / "none", "--resume") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'none'}: no interrupted refinement to resume (no {PROGRESS_NAME}); drop --resume"
+
+
+@pytest.mark.parametrize("window", ["0", "-3"])
+def test_a_window_without_images_is_refused(tiny_model, tiny_data, tmp_path, capsys, window):
+    assert _refine(tiny_model, tiny_data / "train.h5", tmp_path / "w", "--window", window) == 2
+    assert f"--window {window}: expected at least 1 image" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
