@@ -1,10 +1,14 @@
 """`fast-anerf refine` over windows of consecutive frames: every frame gets the same steps, frames outside the
 window being refined stay put, and Ctrl-C + ``--resume`` gives the uninterrupted result."""
 
+import signal
+import sys
+
 import h5py
 import numpy as np
 import pytest
 import torch
+from processes import run_until
 
 from fast_anerf.cli import entrypoint
 from fast_anerf.refine import PROGRESS_NAME, consecutive_windows
@@ -72,6 +76,22 @@ def test_interrupted_refinement_resumes_to_the_uninterrupted_result(tiny_model, 
         for key, value in straight.items():
             assert np.array_equal(f[key][:], value), key
     assert not (out / PROGRESS_NAME).exists()
+
+
+def test_ctrl_c_keeps_the_finished_windows_and_exits_130(tiny_model, tiny_data, tmp_path):
+    """A real SIGINT in window 2 of 3 (its own process): exit 130, window 1 saved, no refined.h5, no traceback."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fast_anerf.cli", "refine", "--ckpt", str(tiny_model), "--data",
+           str(tiny_data / "train.h5"), "--out", str(out), "--steps", "400", "--window", "3", "--rays-per-batch",
+           "96", "--device", "cpu", "--backend", "torch"]  # fmt: skip
+    proc, lines = run_until(cmd, r"^window 2/3 step\s+50/")
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    text = "".join(lines) + rest
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and "1 of 3 windows are saved" in text and "--resume continues" in text
+    assert torch.load(out / PROGRESS_NAME, weights_only=True)["windows_done"] == 1
+    assert not (out / "refined.h5").exists()
 
 
 def test_resume_without_an_interrupted_refinement_is_refused(tiny_model, tiny_data, tmp_path, capsys):

@@ -8,7 +8,6 @@
   with the last good checkpoint intact.
 """
 
-import os
 import random
 import re
 import signal
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from processes import ONE_THREAD_ENV, run_until
 
 import fast_anerf.train as train_module
 from fast_anerf.cli import Train, entrypoint
@@ -57,7 +57,6 @@ def preset(tmp_path) -> Path:
 
 # One thread everywhere: bitwise equality needs the same thread count in every process, and on a shared CPU
 # OpenMP's thread hand-offs make each small op ~10 ms on 2+ threads (100x slower training steps).
-ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -113,22 +112,6 @@ class _CheckpointWatcher(threading.Thread):
             time.sleep(0.02)
 
 
-def _run_until(cmd: list[str], pattern: str, timeout: float = 90) -> tuple[subprocess.Popen, list[str]]:
-    """Start ``cmd``; return once a stdout line matches ``pattern`` (the process still running)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ONE_THREAD_ENV)
-    watchdog = threading.Timer(timeout, proc.kill)
-    watchdog.start()
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if re.search(pattern, line):
-                return proc, lines
-    finally:
-        watchdog.cancel()
-    raise AssertionError(f"never printed {pattern!r}:\n{''.join(lines)}")
-
-
 def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tiny_data, tmp_path, preset):
     data = tiny_data / "train.h5"
     # The uninterrupted run in its own process too, like the killed ones: nothing else in this process can matter.
@@ -150,7 +133,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tiny_data, t
                 break
             target = rng.randint(done + 1, STEPS - 6)  # a step to reach, then a random moment after it
             cmd = [sys.executable, "-m", "fast_anerf.cli", *_cli(data, out, preset, STEPS, *resume)]
-            proc, _ = _run_until(cmd, rf"^step\s+{target}/{STEPS}\b")
+            proc, _ = run_until(cmd, rf"^step\s+{target}/{STEPS}\b")
             time.sleep(rng.uniform(0.0, 0.05))
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
@@ -177,7 +160,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tiny_data, t
 def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_its_path(tiny_data, tmp_path, preset):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "fast_anerf.cli", *_cli(tiny_data / "train.h5", out, preset, 100000)]
-    proc, lines = _run_until(cmd, r"^step\s+3/")
+    proc, lines = run_until(cmd, r"^step\s+3/")
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
     text = "".join(lines) + rest
