@@ -422,13 +422,14 @@ def test_refine_refuses_a_learning_rate_decay_that_is_not_a_factor(tiny_model, t
 
 def test_refine_multiview_shares_joint_rotations_per_time_instant(tiny_model, tiny_data, tmp_path):
     """refine --multiview: test_view.h5 shows each instant from 4 cameras (kp_idxs); the refined rows of one
-    instant keep one set of non-root rotations (without it they drift apart, 61-76 mm on the built-in set)."""
+    instant keep one set of non-root rotations (without it they drift apart, 61-76 mm on the built-in set), also
+    refined in windows (of 2 instants here)."""
     import h5py
 
     from fast_anerf.cli import entrypoint
 
     argv = ["refine", "--ckpt", str(tiny_model), "--data", str(tiny_data / "test_view.h5"), "--steps", "20",
-            "--lr", "1e-2", "--rays-per-batch", "256", "--device", "cpu"]  # fmt: skip
+            "--lr", "1e-2", "--rays-per-batch", "256", "--window", "8", "--device", "cpu"]  # fmt: skip
     spread = {}
     for name, extra in (("shared", ["--multiview"]), ("apart", [])):
         assert entrypoint([*argv, "--out", str(tmp_path / name), *extra]) == 0
