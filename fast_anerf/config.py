@@ -17,9 +17,9 @@ from typing import Any, Literal
 from fast_anerf.anerf_field import ANeRFFieldConfig
 from fast_anerf.errors import UserError
 
-# configs/ beside the package (a checkout, an editable install), or its copy inside an installed wheel.
+# The presets' copy inside an installed wheel, else configs/ beside the package (a checkout, an editable install).
 CONFIG_DIR = next(
-    (d for d in (Path(__file__).resolve().parent.parent / "configs", Path(__file__).resolve().parent / "configs")
+    (d for d in (Path(__file__).resolve().parent / "configs", Path(__file__).resolve().parent.parent / "configs")
      if d.is_dir()),
     Path(__file__).resolve().parent.parent / "configs",
 )  # fmt: skip

@@ -193,15 +193,14 @@ def default_eval_data(ckpt: dict, ckpt_path: Path) -> Path:
 
 
 def _is_json(path: Path) -> bool:
-    """Whether ``path`` holds JSON (an earlier metrics file ``--json`` may replace), read up to 64 MB."""
-    import json
-
+    """Whether ``path`` may be replaced by ``--json``: empty, or text starting as a JSON object or list (an earlier
+    metrics file); a checkpoint (zip) or an .h5 starts otherwise. Reads the first 4 KB only."""
     try:
         with open(path, "rb") as handle:
-            json.loads(handle.read(64 << 20))
-        return True
-    except (OSError, ValueError):
+            head = handle.read(4096).lstrip()
+    except OSError:
         return False
+    return head == b"" or head[:1] in (b"{", b"[")
 
 
 def run_eval(args) -> dict:

@@ -260,7 +260,7 @@ class MeshJob:
 
 def plan_mesh(scene, args) -> MeshJob:
     """Which poses to mesh: ``--rest`` (canonical frame) or the chosen training frames (default frame 0)."""
-    from fast_anerf.render import pose_to_skts
+    from fast_anerf.render_inputs import pose_to_skts
 
     sigma_threshold(args.mesh_threshold, scene.model.height)  # validate before any work
     renderer = pick_mesh_renderer(args.mesh_renderer)

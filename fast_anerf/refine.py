@@ -19,6 +19,7 @@ finished windows and ``--resume`` continues with the next, to the same result as
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from fast_anerf.data.split import RayPool, load_split
+from fast_anerf.data.split import RayPool, check_sampling_masks, load_split
 from fast_anerf.errors import CheckpointError, UserError, refuse_to_replace
 from fast_anerf.model import CHECKPOINT_NAME, load_character
 from fast_anerf.pose import PoseRefiner, RefinablePoses, multiview_time_ids, pose_row_paths
@@ -48,17 +49,23 @@ RESUME_KEYS = ("steps", "lr", "lr_decay", "temp_coef", "reg_coef", "reg_tol", "m
 
 
 def consecutive_windows(unit_of_image: torch.Tensor, n_units: int, max_images: int) -> list[torch.Tensor]:
-    """Split units ``0..n_units-1`` (pose rows, or time instants), in order, into consecutive windows of about
-    ``max_images`` images: ``ceil(N / max_images)`` windows of balanced image counts (a unit is never split).
+    """Split units ``0..n_units-1`` (pose rows, or time instants), in order, into consecutive windows of whole
+    units, each at most ``ceil(N / ceil(N / max_images))`` images (balanced, <= ``max_images``); a unit with more
+    images than that is a window of its own.
 
-    Args: ``unit_of_image [N]`` the unit of each image. Returns the image ids ``[n_k]`` of each non-empty window.
+    Args: ``unit_of_image [N]`` the unit of each image. Returns the image ids ``[n_k]`` of each window.
     """
     n_images = unit_of_image.numel()
-    n_windows = max(1, math.ceil(n_images / max_images))
-    counts = torch.bincount(unit_of_image, minlength=n_units)
-    images_before = torch.cumsum(counts, 0) - counts  # [n_units] images of the earlier units
-    window_of_image = ((images_before * n_windows) // max(n_images, 1))[unit_of_image]
-    windows = [(window_of_image == k).nonzero().squeeze(1) for k in range(n_windows)]
+    target = math.ceil(n_images / max(1, math.ceil(n_images / max_images)))
+    counts = torch.bincount(unit_of_image, minlength=n_units).tolist()
+    window_of_unit, window, filled = [], 0, 0
+    for count in counts:
+        if filled and filled + count > target:
+            window, filled = window + 1, 0
+        window_of_unit.append(window)
+        filled += count
+    window_of_image = torch.tensor(window_of_unit, dtype=torch.long)[unit_of_image]
+    windows = [(window_of_image == k).nonzero().squeeze(1) for k in range(window + 1)]
     return [w for w in windows if w.numel()]
 
 
@@ -71,10 +78,17 @@ class Progress:
     poses: dict
 
     @staticmethod
-    def settings_of(args, n_images: int) -> dict:
+    def settings_of(args, split, model) -> dict:
+        """The options, the files, and what they hold: a file replaced at the same path is other data."""
+        from fast_anerf.run_setup import data_fingerprint
+
         own = {key: getattr(args, key) for key in RESUME_KEYS}
         ckpt = Path(args.ckpt) / CHECKPOINT_NAME if Path(args.ckpt).is_dir() else Path(args.ckpt)
-        return {**own, "ckpt": str(ckpt.resolve()), "data": str(Path(args.data).resolve()), "n_images": n_images}
+        model_hash = hashlib.sha256()
+        for tensor in model.state_dict().values():
+            model_hash.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return {**own, "ckpt": str(ckpt.resolve()), "model": model_hash.hexdigest()[:16],
+                "data": str(Path(args.data).resolve()), "data_fingerprint": data_fingerprint(split)}  # fmt: skip
 
     def save(self, path: Path) -> None:
         from fast_anerf.run_files import atomic_path
@@ -124,13 +138,16 @@ def run_refine(args) -> dict:
     if progress_path.is_file() and not (args.resume or args.overwrite):
         raise UserError(f"{progress_path}: an interrupted refinement; pass --resume to continue it, or --overwrite "
                         "to start over")  # fmt: skip
+    if args.overwrite and not args.resume and progress_path.is_file():  # starting over: not to be resumed later
+        progress_path.unlink()
     device = pick_device(args.device)
     model, _ = load_character(args.ckpt, device=device, backend=args.backend)
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
     split = load_split(args.data, keep_masks=False)
-    settings = Progress.settings_of(args, split.n_images)
+    check_sampling_masks(split)  # now, not when its window comes up hours later
+    settings = Progress.settings_of(args, split, model)
     progress = Progress.load(progress_path, settings) if args.resume else Progress(settings, 0, {})
     time_ids = multiview_time_ids(args.data, split.pose_idxs, split.kp3d.shape[0]) if args.multiview else None
     poses = RefinablePoses(split.bones, split.kp3d[:, 0], model.rest_pose.cpu(), time_ids)
@@ -152,8 +169,11 @@ def run_refine(args) -> dict:
         try:
             _refine_window(model, split, refiner, windows[k], args, settings_render, device, k, len(windows))
         except KeyboardInterrupt:
-            done = f"{k} of {len(windows)} windows are saved in {progress_path}" if k else "no window was finished"
-            print(f"\nCtrl-C: {done}; the same command with --resume continues", flush=True)
+            if k:
+                print(f"\nCtrl-C: {k} of {len(windows)} windows are saved in {progress_path}; the same command with "
+                      "--resume continues", flush=True)  # fmt: skip
+            else:
+                print("\nCtrl-C: no window was finished, nothing saved; the same command starts again", flush=True)
             return {"interrupted": True}
         progress.windows_done, progress.poses = k + 1, poses.state_dict()
         if k + 1 < len(windows):
@@ -179,7 +199,7 @@ def _refine_window(model, split, refiner: PoseRefiner, images: torch.Tensor, arg
     from fast_anerf.train import all_finite, photometric_loss
 
     generator = torch.Generator().manual_seed(args.seed * 1_000_003 + k)
-    pool = RayPool(split, args.rays_per_batch, min(args.window, images.numel()), generator, images=images)
+    pool = RayPool(split, args.rays_per_batch, images.numel(), generator, images=images)  # all of them each step
     pose_idxs = split.pose_idxs.to(device)
     refiner.restart()
     poses = refiner.poses

@@ -1,5 +1,6 @@
 """The CLI as a user runs it: data synth / inspect, and one-line errors with exit code 2."""
 
+import json
 import subprocess
 import sys
 
@@ -70,6 +71,7 @@ def test_mistakes_found_before_any_work(tmp_path, tiny_data, tiny_model, capsys)
     cases = [
         (["eval", "--ckpt", ckpt, "--json", str(tmp_path / "a_folder")], "is a folder; --json is the file"),
         (["eval", "--ckpt", ckpt, "--json", ckpt], "checkpoint.pt: exists and is not a JSON file"),
+        (["eval", "--ckpt", ckpt, "--json", frames], "test_pose.h5: exists and is not a JSON file"),
         ([*refine, str(tmp_path / "a_file")], "is a file; --out is the folder refined.h5"),
         ([*refine, str(tmp_path / "r"), "--steps", "0"], "--steps 0: expected at least 1"),
         ([*refine, str(tmp_path / "r"), "--lr", "-1"], "--lr -1.0: expected a learning rate >= 0"),
@@ -84,5 +86,8 @@ def test_mistakes_found_before_any_work(tmp_path, tiny_data, tiny_model, capsys)
         assert len(err.splitlines()) == 1 and words in err, (argv, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder"]
     assert not list((tmp_path / "a_folder").iterdir()) and not (tiny_data / "test_pose_sheet.png").exists()
-    # A run folder given as --ckpt is read as its checkpoint.pt.
-    assert entrypoint(["eval", "--ckpt", str(tiny_model.parent), "--data", frames, "--max-frames", "1"]) == 0
+    # A run folder given as --ckpt is read as its checkpoint.pt; an empty file made for the metrics is filled.
+    (tmp_path / "made.json").touch()
+    argv = ["eval", "--ckpt", str(tiny_model.parent), "--data", frames, "--max-frames", "1", "--json"]
+    assert entrypoint([*argv, str(tmp_path / "made.json")]) == 0
+    assert json.loads((tmp_path / "made.json").read_text())["splits"]["test_pose"]["frames"] == 1

@@ -23,7 +23,7 @@ from fast_anerf.mesh import (
     turntable_cameras,
 )
 from fast_anerf.model import load_character
-from fast_anerf.render import pose_to_skts
+from fast_anerf.render_inputs import pose_to_skts
 
 
 class _Balls(torch.nn.Module):

@@ -1,6 +1,7 @@
 """`fast-anerf refine` over windows of consecutive frames: every frame gets the same steps, frames outside the
 window being refined stay put, and Ctrl-C + ``--resume`` gives the uninterrupted result."""
 
+import shutil
 import signal
 import sys
 
@@ -23,12 +24,16 @@ def _refine(tiny_model, data, out, *extra) -> int:
 def test_windows_are_consecutive_balanced_and_keep_a_unit_whole():
     windows = consecutive_windows(torch.arange(8), 8, 3)
     assert [w.tolist() for w in windows] == [[0, 1, 2], [3, 4, 5], [6, 7]]
-    assert [w.tolist() for w in consecutive_windows(torch.arange(130), 130, 64)][0] == list(range(44))  # 44/43/43
+    assert [len(w) for w in consecutive_windows(torch.arange(130), 130, 64)] == [44, 44, 42]
     # Time instants of 4 images each (multiview), images listed instant-major: an instant is never split.
     units = torch.arange(8).repeat_interleave(4)
     windows = consecutive_windows(units, 8, 10)  # ceil(32 / 10) = 4 windows of 2 instants
     assert [sorted(set(units[w].tolist())) for w in windows] == [[0, 1], [2, 3], [4, 5], [6, 7]]
     assert torch.equal(torch.cat(windows).sort().values, torch.arange(32))
+    # Instants of 4 images, at most 6 per window: one instant each (two would not fit in one batch of 6).
+    assert [len(w) for w in consecutive_windows(torch.arange(5).repeat_interleave(4), 5, 6)] == [4] * 5
+    # An instant larger than a window is a window of its own.
+    assert [len(w) for w in consecutive_windows(torch.tensor([0, 1, 1, 1, 2]), 3, 2)] == [1, 3, 1]
     # A row no image uses (unit 2) just makes no window bigger.
     assert [w.tolist() for w in consecutive_windows(torch.tensor([0, 1, 3, 4]), 5, 2)] == [[0, 1], [2, 3]]
 
@@ -37,7 +42,8 @@ def test_interrupted_refinement_resumes_to_the_uninterrupted_result(tiny_model, 
                                                                     capsys):  # fmt: skip
     import fast_anerf.refine as refine
 
-    data = tiny_data / "train.h5"  # 8 frames: windows of 3, 3 and 2 images
+    data = tmp_path / "train.h5"  # 8 frames: windows of 3, 3 and 2 images
+    shutil.copy(tiny_data / "train.h5", data)
     assert _refine(tiny_model, data, tmp_path / "straight") == 0
     with h5py.File(tmp_path / "straight" / "refined.h5") as f:
         straight = {k: f[k][:] for k in ("bones", "kp3d", "skts")}
@@ -69,6 +75,14 @@ def test_interrupted_refinement_resumes_to_the_uninterrupted_result(tiny_model, 
     assert PROGRESS_NAME in err and "--resume" in err and "--overwrite" in err
     assert _refine(tiny_model, data, out, "--resume", "--steps", "7") == 2  # other options: refused, named
     assert "steps=6 (now 7)" in capsys.readouterr().err
+    shutil.move(data, tmp_path / "kept.h5")  # other frames at the same path: refused too
+    np.save(tmp_path / "reverse.npy", np.arange(8)[::-1].copy())
+    assert entrypoint(["data", "subset", str(tmp_path / "kept.h5"), "--select", str(tmp_path / "reverse.npy"), "--out",
+                       str(data)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert _refine(tiny_model, data, out, "--resume") == 2
+    assert "data_fingerprint=" in capsys.readouterr().err
+    shutil.move(tmp_path / "kept.h5", data)
     monkeypatch.setattr(refine, "_refine_window", original)
     assert _refine(tiny_model, data, out, "--resume") == 0
     assert "resuming after window 1" in capsys.readouterr().out
@@ -92,6 +106,34 @@ def test_ctrl_c_keeps_the_finished_windows_and_exits_130(tiny_model, tiny_data, 
     assert "Traceback" not in text and "1 of 3 windows are saved" in text and "--resume continues" in text
     assert torch.load(out / PROGRESS_NAME, weights_only=True)["windows_done"] == 1
     assert not (out / "refined.h5").exists()
+
+
+def test_ctrl_c_in_window_1_saves_nothing_and_overwrite_starts_over(tiny_model, tiny_data, tmp_path, monkeypatch,
+                                                                     capsys):  # fmt: skip
+    import fast_anerf.refine as refine
+
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"settings": {}, "windows_done": 1, "poses": {}}, out / PROGRESS_NAME)  # an older interrupted run
+
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(refine, "_refine_window", ctrl_c)
+    assert _refine(tiny_model, tiny_data / "train.h5", out, "--overwrite") == 130
+    assert "no window was finished, nothing saved; the same command starts again" in capsys.readouterr().out
+    assert not (out / PROGRESS_NAME).exists()  # --overwrite started over: the old progress is not resumable
+
+
+def test_an_empty_sampling_mask_is_found_before_the_first_window(tiny_model, tiny_data, tmp_path, capsys):
+    data = tmp_path / "empty.h5"
+    shutil.copy(tiny_data / "train.h5", data)
+    with h5py.File(data, "r+") as f:
+        f["sampling_masks"][7] = 0
+        f["masks"][7] = 0
+    assert _refine(tiny_model, data, tmp_path / "out", "--steps", "1000") == 2
+    captured = capsys.readouterr()
+    assert "of image 7 is empty" in captured.err and "window 1/3" not in captured.out
 
 
 def test_resume_without_an_interrupted_refinement_is_refused(tiny_model, tiny_data, tmp_path, capsys):

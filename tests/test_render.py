@@ -17,8 +17,8 @@ from fast_anerf.errors import DataError
 from fast_anerf.media import count_video_frames
 from fast_anerf.mesh import posed_bounds
 from fast_anerf.model import load_character
-from fast_anerf.render import interpolate_poses, orbit_cameras, pose_to_skts, skts_to_pose, slerp
-from fast_anerf.skeleton import axis_angle_to_matrix, matrix_to_axis_angle, pose_skeleton
+from fast_anerf.render_inputs import interpolate_poses, orbit_cameras, pose_to_skts, slerp
+from fast_anerf.skeleton import axis_angle_to_matrix, matrix_to_axis_angle, pose_skeleton, skts_to_pose
 
 
 def _render(ckpt, out, *extra) -> int:
@@ -36,7 +36,7 @@ def _frames(out) -> list[np.ndarray]:
 def _expected_frame(model, train_h5, cam: int, skts, res: int, background) -> np.ndarray:
     """What a frame of ``skts`` seen from training camera ``cam`` must look like: ``render_image`` directly
     (mean appearance code), as uint8 levels."""
-    from fast_anerf.render import camera
+    from fast_anerf.render_inputs import camera
     from fast_anerf.renderer import RenderSettings, render_image
 
     with open_anerf_h5(train_h5) as data:
@@ -258,6 +258,8 @@ def test_bad_retarget_file_is_refused_and_writes_nothing(tiny_model, tmp_path, c
         (["--type", "mesh", "--rest", "--frames", "2"], ["--rest meshes the rest pose, not --frames"]),
         (["--type", "retarget", "--motion", "wave", "--recenter"], ["--recenter: --motion wave is in the canonical"]),
         (["--type", "bullet", "--chunk", "-1"], ["--chunk -1: expected at least 1 ray"]),
+        (["--type", "retarget", "--frames", "0", "--recenter"], ["--recenter is for retargeting from --source"]),
+        (["--type", "retarget", "--motion-frames", "5"], ["--motion-frames is for retargeting from --source"]),
         (["--type", "bullet", "--chunk", "0"], ["--chunk 0: expected at least 1 ray"]),
     ],
 )
@@ -389,7 +391,7 @@ def test_correction_morphs_the_estimate_into_the_refined_pose(tiny_model, tiny_d
 def test_photos_follow_the_rescaled_camera_at_another_aspect():
     """--res of another aspect: camera() keeps one scale (the height ratio) about the principal point, so the
     photo (val's GT, correction's panel, --background data) must too, instead of being stretched to fit."""
-    from fast_anerf.render import resize_image
+    from fast_anerf.render_inputs import resize_image
 
     photo = np.full((20, 30, 3), 255, np.uint8)
     photo[:, 12] = 0  # a dark column through the principal point (cx = 12)

@@ -44,6 +44,18 @@ def test_val_ground_truth_is_evals_body_over_the_stored_background(tiny_model, t
     assert raw["psnr_per_frame"] == pytest.approx(scores, abs=0.01)  # the noise outside the body does not count
 
 
+def test_val_on_black_puts_the_ground_truth_on_black_too(tiny_model, tmp_path):
+    """--background black: the body is rendered on black, so its ground truth is the photo's body on black (not on
+    the file's white background, which scored 0.4 dB)."""
+    import imageio.v3 as iio
+
+    white = _val(tiny_model, tmp_path / "white", "--frames", "0", "3")
+    black = _val(tiny_model, tmp_path / "black", "--frames", "0", "3", "--background", "black")
+    assert black["psnr_per_frame"] == pytest.approx(white["psnr_per_frame"], abs=1.5)
+    frame = iio.imread(tmp_path / "black" / "frames" / "00000.png")
+    assert (frame[-1, -1] == 0).all() and (frame[-1, 0] == 0).all()  # GT and render corners: black
+
+
 def test_val_at_a_wider_aspect_scores_only_what_the_photo_covers(tiny_model, tmp_path):
     """At 48x96 the photo (48x48) covers the middle 48 columns; the rest is white padding in both the ground truth
     and the render's background, which would add 10 log10(2) = 3 dB of perfect pixels."""

@@ -198,6 +198,17 @@ def load_poses(path: Path) -> FilePoses:
         )
 
 
+def check_sampling_masks(split: Split, images: torch.Tensor | None = None) -> None:
+    """One line naming the first of ``images [M]`` (default all) with no pixel to draw rays from."""
+    counts = split.sample_counts if images is None else split.sample_counts[images]
+    if int(counts.min()) == 0:
+        empty = int((counts == 0).nonzero()[0]) if images is None else int(images[counts == 0][0])
+        raise DataError(
+            f"{split.path}: key 'sampling_masks' (or 'masks') of image {empty} is empty; "
+            "every training image needs foreground pixels — fix or drop that frame"
+        )
+
+
 class RayPool:
     """Every trainable ray of a split, with A-NeRF's batch sampling.
 
@@ -216,13 +227,8 @@ class RayPool:
         self.images = torch.arange(split.n_images) if images is None else torch.as_tensor(images, dtype=torch.long)
         self.images_per_batch = min(images_per_batch, self.images.numel())
         self.rays_per_image = max(1, rays_per_batch // self.images_per_batch)
+        check_sampling_masks(split, self.images)
         counts = split.sample_counts
-        if int(counts[self.images].min()) == 0:
-            empty = int(self.images[counts[self.images] == 0][0])
-            raise DataError(
-                f"{split.path}: key 'sampling_masks' (or 'masks') of image {empty} is empty; "
-                "every training image needs foreground pixels — fix or drop that frame"
-            )
         self.counts = counts
         self.starts = torch.cumsum(counts, 0) - counts
         self._perm = self.images[torch.randperm(self.images.numel(), generator=generator)]
