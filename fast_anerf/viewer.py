@@ -181,13 +181,20 @@ def load_motion_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     pelvis), in the canonical SMPL frame (y up, facing +z) like the built-in motions."""
     path = Path(path)
     try:
-        with np.load(path) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array has no named keys
+            raise ValueError("not an .npz archive")
+        with loaded as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - whatever is wrong with the file: one line naming it
         raise DataError(f"{path}: cannot read the motion file ({type(error).__name__}); pass an .npz") from None
     root_key = "root" if "root" in arrays else "roots"
     if "bones" not in arrays or root_key not in arrays:
         raise DataError(f"{path}: a motion .npz needs keys 'bones' [T,24,3] and 'root' [T,3]; found {list(arrays)}")
+    if not all(
+        np.issubdtype(arrays[k].dtype, np.number) and not np.iscomplexobj(arrays[k]) for k in ("bones", root_key)
+    ):
+        raise DataError(f"{path}: keys 'bones'/'{root_key}' must hold real numbers; fix the file")
     bones, root = arrays["bones"].astype(np.float64), arrays[root_key].astype(np.float64)
     if bones.ndim != 3 or bones.shape[1:] != (N_JOINTS, 3) or root.shape != (bones.shape[0], 3) or len(bones) == 0:
         raise DataError(

@@ -89,10 +89,10 @@ class ClientRenderer:
             now = time.monotonic()
             if key != done_key:
                 done_key, last_change, refined = key, now, False
-                # A first frame, or a change: small and fast, unless the full size is no bigger.
-                self._render(camera, self._moving_side(camera[3]), moving=True)
-                if self.app.preview_resolution >= self.app.resolution:
-                    refined = True
+                # A first frame, or a change: small and fast (never above the full size); done if it is that size.
+                side = min(self._moving_side(camera[3]), self.app.resolution)
+                self._render(camera, side, moving=True)
+                refined = side >= self.app.resolution
             elif not refined and now - last_change >= REFINE_DELAY:
                 refined = True
                 self._render(camera, self.app.resolution, moving=False)
@@ -104,6 +104,7 @@ class ClientRenderer:
         if self._seconds_per_pixel <= 0:
             return limit
         pixels = 1.0 / (MOVING_FPS * self._seconds_per_pixel)
+        aspect = float(np.clip(aspect, 1 / 8, 8)) if np.isfinite(aspect) else 1.0  # a 0-width canvas: 0
         side = (pixels * max(aspect, 1.0 / aspect)) ** 0.5  # pixels = side^2 / elongation
         return int(np.clip(32 * round(side / 32), MIN_RES, limit))
 
@@ -203,6 +204,7 @@ class ViewerApp:
         with gui.add_folder("Pose"):
             self.motion = gui.add_dropdown("Motion", list(state.sequences), initial_value=state.motion)
             self.frame = gui.add_slider("Frame", 0, max(state.n_frames - 1, 1), 1, 0)
+            self.frame.disabled = state.n_frames == 1  # a one-frame sequence: nothing to move to
             self.play = gui.add_button("Play")
             self.speed = gui.add_slider("Speed (fps)", 1, 30, 1, 10)
         with gui.add_folder("Joints"):
@@ -274,8 +276,10 @@ class ViewerApp:
         while not self._stopped.is_set():
             if not self._playing.wait(timeout=0.2):
                 continue
-            try:  # through the slider, so the page shows the frame and one code path changes it
-                self.frame.value = (self.state.frame + 1) % self.state.n_frames
+            try:  # one atomic step of the state (a motion switched meanwhile cannot leave it out of range)
+                frame = self.state.advance()
+                with self._showing_state():  # show it without writing it back
+                    self.frame.value = frame
             except Exception as error:  # the player must outlive any error
                 self.report_error(f"playing failed: {error}", error)
             time.sleep(1.0 / max(float(self.speed.value), 1.0))
@@ -371,9 +375,12 @@ class ViewerApp:
 
 
 def _check_host(host: str) -> None:
+    """One line for a host this machine cannot listen on (viser would otherwise wait forever, silently)."""
     try:
-        socket.getaddrinfo(host, None)
-    except (socket.gaierror, UnicodeError):
+        family = socket.getaddrinfo(host, None)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+    except (OSError, UnicodeError):
         raise UserError(f"--host {host!r} is not an address of this machine; use 127.0.0.1 (default)") from None
 
 
@@ -414,7 +421,11 @@ def build_state(args) -> tuple[ViewerState, TrainingView | None]:
     for name in motions.list_motions():
         sequences.append(motion_sequence(name, *motions.MOTIONS[name](96), anchor, scale))
     for path in args.motion_file:
-        sequences.append(motion_sequence(Path(path).stem, *load_motion_file(path), anchor, scale))
+        name = Path(path).stem  # the picker's name: one sequence per name
+        if any(s.name == name for s in sequences):
+            raise UserError(f"--motion-file {path}: the name '{name}' is taken by another sequence (a built-in motion "
+                            "or another file); rename the file")  # fmt: skip
+        sequences.append(motion_sequence(name, *load_motion_file(path), anchor, scale))
     return ViewerState(model, sequences), home
 
 

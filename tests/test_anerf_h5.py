@@ -171,7 +171,17 @@ def test_per_camera_rows_follow_cam_idxs_in_any_image_order(tmp_path):
         assert data.arrays["focals"].tolist() == [100, 200, 300, 400] * 2
         np.testing.assert_array_equal(data.arrays["c2ws"][6], cameras[2])
         assert [data.pose_index(i) for i in range(n)] == [0, 0, 0, 0, 1, 1, 1, 1]
-    del d["cam_idxs"]  # without it, SURREAL's camera blocks (image i -> camera i // poses)
+    # Cameras numbered 1..4 (as the built-in files number theirs) do not say which of 4 rows: refused, not guessed.
+    with pytest.raises(DataError, match=r"'cam_idxs' has values 1\.\.4 but c2ws has 4 rows.*number the cameras 0\.\.3"):
+        open_anerf_h5(raw_write(tmp_path / "from1.h5", {**d, "cam_idxs": np.arange(n) % n_cams + 1}))
+    # Shared pose rows without kp_idxs, cam_idxs saying the images go frame by frame: refused, not guessed.
+    no_kp = {k: v for k, v in d.items() if k != "kp_idxs"}
+    with pytest.raises(DataError, match="'kp3d' has 2 poses for 8 images.*add kp_idxs"):
+        open_anerf_h5(raw_write(tmp_path / "no_kp.h5", no_kp))
+    del d["cam_idxs"]  # without it: kp_idxs frame by frame contradicts SURREAL's camera blocks: refused
+    with pytest.raises(DataError, match="'c2ws' has 4 rows, one per camera, but no 'cam_idxs'"):
+        open_anerf_h5(raw_write(tmp_path / "frames_no_cams.h5", d))
+    d["kp_idxs"] = np.arange(n) % (n // n_cams)  # SURREAL's camera blocks (image i -> camera i // poses)
     with open_anerf_h5(raw_write(tmp_path / "blocks.h5", d)) as data:
         assert data.arrays["focals"].tolist() == [100, 100, 200, 200, 300, 300, 400, 400]
 

@@ -117,3 +117,69 @@ def test_server_shows_errors_on_the_page_and_keeps_serving(viewer):
         app.stop()
         state.reset_joints()
         state.set_frame(0)
+
+
+@pytest.mark.parametrize(
+    ("write", "words"),
+    [
+        (lambda p: np.save(p, np.zeros((4, 24, 3))), "cannot read the motion file"),  # a bare .npy array
+        (lambda p: p.write_bytes(b""), "cannot read the motion file"),
+        (lambda p: np.savez(p, bones=np.full((2, 24, 3), "x"), root=np.zeros((2, 3))), "must hold real numbers"),
+        (lambda p: np.savez(p, bones=np.zeros((2, 24, 3)) * 1j, root=np.zeros((2, 3))), "must hold real numbers"),
+    ],
+)
+def test_a_damaged_motion_file_is_one_line(tmp_path, write, words):
+    from fast_anerf.errors import DataError
+    from fast_anerf.viewer import load_motion_file
+
+    path = tmp_path / "motion.npz"
+    write(path)
+    if not path.exists():  # np.save appended .npy
+        path = tmp_path / "motion.npz.npy"
+    with pytest.raises(DataError, match=words):
+        load_motion_file(path)
+
+
+def test_a_host_this_machine_cannot_listen_on_and_a_taken_motion_name_are_one_line(tiny_data, tmp_path):
+    from fast_anerf.errors import UserError
+    from fast_anerf.viewer_server import _check_host, build_state
+
+    with pytest.raises(UserError, match="not an address of this machine"):
+        _check_host("192.0.2.1")  # TEST-NET-1: resolves, but no interface has it (viser waited forever)
+    _check_host("127.0.0.1")
+    fx = fuzz.make_fixture(tmp_path / "fx", data=tiny_data)
+    np.savez(tmp_path / "walk.npz", bones=np.zeros((3, 24, 3)), root=np.zeros((3, 3)))
+    with pytest.raises(UserError, match="'walk' is taken"):
+        build_state(View(ckpt=fx.ckpt, motion_file=(tmp_path / "walk.npz",), device="cpu", backend="torch"))
+
+
+def test_a_zero_width_canvas_and_a_one_frame_sequence_keep_the_viewer_working(viewer):
+    from fast_anerf.viewer import PoseSequence, ViewerState
+    from fast_anerf.viewer_server import ViewerApp
+
+    state, home = viewer
+    app = ViewerApp(state, home, port=0, resolution=32, preview_resolution=32, verbose=False)
+    client, sent = fake_client(home, client_id=9)
+    try:
+        app._on_connect(client)
+        renderer = app.renderers[9]
+        wait_until(lambda: renderer.frames >= 1, 60, "the first frame")
+        renderer._seconds_per_pixel = 1e-6  # measured: the moving size now depends on the aspect
+        client.camera.aspect = 0.0  # what viser reports for a canvas 0 pixels wide
+        frames = renderer.frames
+        app.frame.value = 1
+        wait_until(lambda: renderer.frames > frames, 60, "a frame for the zero-width canvas")
+        client.camera.aspect = 1.0
+        app.frame.value = 2
+        wait_until(lambda: renderer.frames > frames + 1, 60, "a frame after it (the render thread lives)")
+    finally:
+        app.stop()
+        state.set_frame(0)
+    one = state.sequences[next(iter(state.sequences))]
+    single = PoseSequence("one", one.bones[:1], one.roots[:1], one.code_ids[:1])
+    app = ViewerApp(ViewerState(state.model, [single]), home, port=0, resolution=32, preview_resolution=32,
+                    verbose=False)  # fmt: skip
+    try:
+        assert app.frame.disabled  # nothing to move to (a value of 1 would be out of range)
+    finally:
+        app.stop()

@@ -329,6 +329,13 @@ class AnerfData:
                 raise self._bad("kp_idxs", f"has values in [{k.min()}, {k.max()}] but kp3d has {p} poses")
             self.pose_idxs = k
         elif n % p == 0:  # SURREAL: images ordered (camera, pose)
+            cams = self.arrays.get("cam_idxs")
+            if cams is not None and not np.array_equal(cams, np.arange(n) // p):  # not that order: no guessing
+                raise self._bad(
+                    "kp3d",
+                    f"has {p} poses for {n} images, no 'kp_idxs' maps them, and 'cam_idxs' "
+                    "says the images are not ordered (camera, pose); add kp_idxs (each image's pose)",
+                )
             self.pose_idxs = np.arange(n, dtype=np.int64) % p
         else:
             expected = f"expected {n} poses, a divisor of {n}, or kp_idxs"
@@ -362,6 +369,20 @@ class AnerfData:
         elif by_camera:
             a = a[cams]
         elif rows != n:  # SURREAL: images ordered (camera, pose), no cam_idxs
+            if cams is not None:  # cam_idxs that do not number these rows 0..rows-1 (e.g. 1..rows): no guessing
+                raise self._bad(
+                    "cam_idxs",
+                    f"has values {cams.min()}..{cams.max()} but {key} has {rows} rows, one "
+                    f"per camera; number the cameras 0..{rows - 1} or store one {key} row per image",
+                )
+            kp = self.arrays.get("kp_idxs")
+            if kp is not None and not np.array_equal(kp, np.arange(n) % p):  # not ordered (camera, pose) either
+                raise self._bad(
+                    key,
+                    f"has {rows} rows, one per camera, but no 'cam_idxs' says which camera each "
+                    f"image is and kp_idxs does not order the images (camera, pose); add cam_idxs "
+                    f"(0..{rows - 1})",
+                )
             a = a[np.arange(n) // p]
         self.arrays[key] = np.ascontiguousarray(a)
 
