@@ -2,6 +2,7 @@
 validated server-side; a bad value is rejected (or clamped, for sizes) with a message on the page, nothing in
 the viewer's state changes, and the server keeps rendering. ``test_viewer.py`` tests the ordinary values."""
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -79,16 +80,26 @@ def test_sizes_are_clamped_and_garbage_is_rejected(viewer):
             state.render(home.c2w, fov, 32, 32)
 
 
-def test_server_shows_errors_on_the_page_and_keeps_serving(viewer):
+@contextlib.contextmanager
+def _served(state, home, client_id: int):
+    """A viewer on a free port (32 px) with one fake client that got its first frame: ``(app, renderer, client,
+    sent)``; stopped afterwards."""
     from fast_anerf.viewer_server import ViewerApp
 
-    state, home = viewer
     app = ViewerApp(state, home, port=0, resolution=32, preview_resolution=32, verbose=False)
-    client, sent = fake_client(home, client_id=7)
+    client, sent = fake_client(home, client_id=client_id)
     try:
         app._on_connect(client)
-        renderer = app.renderers[7]
+        renderer = app.renderers[client_id]
         wait_until(lambda: renderer.frames >= 1, 60, "the first frame")
+        yield app, renderer, client, sent
+    finally:
+        app.stop()
+
+
+def test_server_shows_errors_on_the_page_and_keeps_serving(viewer):
+    state, home = viewer
+    with _served(state, home, 7) as (app, renderer, client, sent):
         # Sliders and fields set to what a tampered page could send: each one is refused on the page.
         for slider, value, words in (
             (app.res, 0, "resolution"),
@@ -113,10 +124,8 @@ def test_server_shows_errors_on_the_page_and_keeps_serving(viewer):
         wait_until(lambda: renderer.frames > frames and state.frame == 2, 60, "a frame after the errors")
         assert not app.error_box.visible
         assert sent[-1].dtype == np.uint8 and max(sent[-1].shape[:2]) == 32
-    finally:
-        app.stop()
-        state.reset_joints()
-        state.set_frame(0)
+    state.reset_joints()
+    state.set_frame(0)
 
 
 @pytest.mark.parametrize(
@@ -158,12 +167,7 @@ def test_a_zero_width_canvas_and_a_one_frame_sequence_keep_the_viewer_working(vi
     from fast_anerf.viewer_server import ViewerApp
 
     state, home = viewer
-    app = ViewerApp(state, home, port=0, resolution=32, preview_resolution=32, verbose=False)
-    client, sent = fake_client(home, client_id=9)
-    try:
-        app._on_connect(client)
-        renderer = app.renderers[9]
-        wait_until(lambda: renderer.frames >= 1, 60, "the first frame")
+    with _served(state, home, 9) as (app, renderer, client, _):
         renderer._seconds_per_pixel = 1e-6  # measured: the moving size now depends on the aspect
         client.camera.aspect = 0.0  # what viser reports for a canvas 0 pixels wide
         frames = renderer.frames
@@ -172,9 +176,7 @@ def test_a_zero_width_canvas_and_a_one_frame_sequence_keep_the_viewer_working(vi
         client.camera.aspect = 1.0
         app.frame.value = 2
         wait_until(lambda: renderer.frames > frames + 1, 60, "a frame after it (the render thread lives)")
-    finally:
-        app.stop()
-        state.set_frame(0)
+    state.set_frame(0)
     one = state.sequences[next(iter(state.sequences))]
     single = PoseSequence("one", one.bones[:1], one.roots[:1], one.code_ids[:1])
     app = ViewerApp(ViewerState(state.model, [single]), home, port=0, resolution=32, preview_resolution=32,
