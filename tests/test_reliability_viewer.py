@@ -185,3 +185,18 @@ def test_a_zero_width_canvas_and_a_one_frame_sequence_keep_the_viewer_working(vi
         assert app.frame.disabled  # nothing to move to (a value of 1 would be out of range)
     finally:
         app.stop()
+
+
+def test_the_resting_frame_has_the_chosen_resolution_whatever_the_moving_one(viewer):
+    """Moving resolution above Resolution: moving frames are capped at Resolution and the resting frame is
+    rendered at it (it used to stay at whatever size the moving frame had, even larger than Resolution)."""
+    state, home = viewer
+    with _served(state, home, 11) as (app, renderer, client, sent):
+        app.preview.value = 256  # the moving size asked for, above the resolution (64)
+        app.res.value = 64
+        renderer._seconds_per_pixel = 1.0  # a slow machine: moving frames drop to the smallest size
+        state.set_frame(3)
+        renderer.wake()
+        wait_until(lambda: max(sent[-1].shape[:2]) == 64 and state.frame == 3, 60, "the resting frame at 64 px")
+        assert all(max(image.shape[:2]) <= 64 for image in sent[-3:])
+    state.set_frame(0)
