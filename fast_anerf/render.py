@@ -357,8 +357,7 @@ def given(args, flag: str) -> bool:
 def _check_args(args) -> None:
     for name, types in TYPE_OPTIONS.items():
         if given(args, name) and args.type not in types:
-            default = next(f.default for f in dataclasses.fields(args) if f.name == name)
-            flag = ("--no-" if default is True else "--") + name.replace("_", "-")  # as typed
+            flag = ("--no-" if getattr(args, name) is False else "--") + name.replace("_", "-")  # as typed
             raise UserError(f"{flag} is for --type {' / '.join(types)}, not {args.type}; drop it or change --type")
     if args.res is not None and min(args.res) < 1:
         raise UserError(f"--res {args.res[0]} {args.res[1]}: expected two positive sizes (H W)")
