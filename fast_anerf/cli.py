@@ -152,8 +152,8 @@ class FromSpin:
     masks into an A-NeRF .h5 (npz keys and conventions: fast_anerf/data/from_spin.py)."""
 
     spin: tyro.conf.Positional[Path]
-    """The .npz: pred_rotmat [N,24,3,3] (or pose [N,72]), pred_camera [N,3], bboxes [N,4] (cx,cy,w,h px),
-    optional pred_betas, pred_joints, frame_ids, masks."""
+    """The .npz: pred_rotmat [N,24,3,3] (or pose [N,72]), pred_camera [N,3], bboxes [N,4] (cx,cy,w,h px) (or
+    to-spin's transl [N,3] m with focal [N] px), optional pred_betas, pred_joints, frame_ids, masks, focal."""
     images: Path
     """Folder of frames (sorted by name) or a video file."""
     out: Path
@@ -163,9 +163,10 @@ class FromSpin:
     smpl: Path | None = None
     """SMPL_NEUTRAL.pkl (or its folder) for the rest skeleton from betas (needs `pip install smplx`).
     Default: the built-in mean rest skeleton."""
-    focal: float | Literal["diagonal", "spin"] = "diagonal"
+    focal: float | Literal["diagonal", "spin"] | None = None
     """Focal length in pixels, if known; the camera moves along its axis so the person keeps its size.
-    'diagonal': the frame's diagonal, a guess for unknown cameras (pose refinement fixes about as much as with
+    Default: the npz's 'focal' (to-spin writes it), else 'diagonal'. 'diagonal': the frame's diagonal, a
+    guess for unknown cameras (pose refinement fixes about as much as with
     the true focal); 'spin': SPIN's 5000 px crop focal scaled to the frame (a distant camera without
     perspective, with which pose refinement fixed nothing on the built-in character)."""
     bbox_scale: float = 1.0

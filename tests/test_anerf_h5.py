@@ -244,6 +244,8 @@ def _bad_cases():
         ("unmappable poses", "kp3d", lambda d: None),
         ("kp_idxs range", "kp_idxs", lambda d: d.update(kp_idxs=np.array([0, 1, 2, 3, 4, 5]))),
         ("centers shape", "centers", lambda d: d.update(centers=np.zeros((N, 3)))),
+        ("cyls rows", "cyls", lambda d: d.update(cyls=np.zeros((2, 5), np.float32))),
+        ("img_paths count", "img_paths", lambda d: d.update(img_paths=np.array([b"a", b"b"]))),
     ]
     return cases
 

@@ -253,6 +253,8 @@ def _nan_first(a):
         ("smpl_missing.npz", {}, ["--smpl", "/nonexistent/SMPL_NEUTRAL.pkl"], "pip install smplx"),
         ("text_rot.npz", {"pred_rotmat": lambda a: np.array(["a"] * len(a))}, [], "not numbers"),
         ("degrees.npz", {"pred_rotmat": None, "pose": np.full((8, 72), 30.0)}, [], "radians"),
+        ("no_cam.npz", {"pred_camera": None}, [], "or 'transl' with 'focal' (a full-frame camera, as to-spin"),
+        ("object.npz", {"pred_betas": lambda a: np.array([None] * len(a))}, [], "key 'pred_betas' cannot be read"),
     ],
 )
 def test_bad_input_one_line_exit_2_nothing_written(spin_case, capsys, monkeypatch, name, edit, extra, expect):
@@ -430,3 +432,68 @@ def test_mask_rules_for_each_kind_of_mask():
     colour = np.zeros((1, 2, 3), np.uint8)
     colour[0, 1, 2] = 200
     assert binarize_mask(colour).tolist() == [[False, True]]
+    cutout = np.zeros((1, 2, 4), np.uint8)  # RGB black everywhere, the person in the alpha channel
+    cutout[0, 1, 3] = 255
+    assert binarize_mask(cutout).tolist() == [[False, True]]
+    opaque = np.full((1, 2, 4), 255, np.uint8)  # an opaque RGBA mask: the colour channels are the mask
+    opaque[0, 0, :3] = 0
+    assert binarize_mask(opaque).tolist() == [[False, True]]
+    grey_alpha = np.zeros((1, 2, 2), np.uint8)
+    grey_alpha[0, 0, 1] = 255
+    assert binarize_mask(grey_alpha).tolist() == [[True, False]]
+
+
+def test_keys_never_used_do_not_stop_the_conversion(spin_case, capsys):
+    """VIBE without OpenPose saves joints2d=None: an object array, unreadable without pickle, and never used."""
+    npz = _edit_npz(spin_case, "vibe_none.npz", joints2d=np.array([None] * 8))
+    assert _run(spin_case, npz=npz, out="vibe_none.h5")[0] == 0
+    with open(spin_case["root"] / "vibe.pkl", "wb") as f:
+        pickle.dump({1: {"pose": np.zeros((8, 72))}}, f)
+    assert _run(spin_case, npz="vibe.pkl", out="vibe_pkl.h5")[0] == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("vibe.pkl: a pickle, not an .npz — save one person's arrays with np.savez(OUT, **{k: v for "
+                        "k, v in person.items() if v is not None})")  # fmt: skip
+
+
+def test_alpha_masks_are_read_and_empty_masks_refused(spin_case, capsys):
+    root = spin_case["root"]
+    for folder, alpha in (("masks_alpha", True), ("masks_black", False)):
+        (root / folder).mkdir(exist_ok=True)
+        for i, mask in enumerate(spin_case["src"]["masks"]):
+            rgba = np.zeros((*mask.shape, 4), np.uint8)
+            rgba[..., 3] = mask * 255 if alpha else 255
+            iio.imwrite(root / folder / f"frame_{i * 4}.png", rgba)
+    spin, frames = root / "spin.npz", root / "frames"
+    out = root / "alpha.h5"
+    assert entrypoint(["data", "from-spin", str(spin), "--images", str(frames), "--masks", str(root / "masks_alpha"),
+                       "--out", str(out)]) == 0  # fmt: skip
+    with h5py.File(out) as f:
+        stored = f["masks"][()].reshape(spin_case["src"]["masks"].shape) != 0
+    np.testing.assert_array_equal(stored, spin_case["src"]["masks"])
+    capsys.readouterr()
+    black = root / "black.h5"
+    assert entrypoint(["data", "from-spin", str(spin), "--images", str(frames), "--masks", str(root / "masks_black"),
+                       "--out", str(black)]) == 2  # fmt: skip
+    assert capsys.readouterr().err.strip() == (
+        f"error: {root / 'masks_black'}: every mask is empty (no pixel >= 2 on 0-255, nor an alpha channel) — pass "
+        "masks where the person is the bright part"
+    )
+    assert not black.exists()
+
+
+def test_hidden_files_are_not_frames_and_a_data_file_is_not_a_video(spin_case, capsys):
+    root = spin_case["root"]
+    (root / "frames_mac").mkdir(exist_ok=True)
+    for frame in (root / "frames").iterdir():
+        (root / "frames_mac" / frame.name).write_bytes(frame.read_bytes())
+        (root / "frames_mac" / f"._{frame.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata
+    assert _run(spin_case, out="mac.h5", npz="spin.npz")[0] == 0
+    args = ["data", "from-spin", str(root / "spin.npz"), "--masks", str(root / "masks")]
+    assert entrypoint([*args, "--images", str(root / "frames_mac"), "--out", str(root / "mac2.h5")]) == 0
+    with h5py.File(root / "mac.h5") as a, h5py.File(root / "mac2.h5") as b:
+        np.testing.assert_array_equal(a["imgs"][()], b["imgs"][()])
+    capsys.readouterr()
+    assert entrypoint([*args, "--images", str(root / "spin.npz"), "--out", str(root / "npz.h5")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {root / 'spin.npz'}: frames must be a folder of images or a video, not a .npz file"
+    )

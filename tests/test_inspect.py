@@ -88,3 +88,27 @@ def test_no_sheet_and_bad_file(tmp_path):
     (tmp_path / "bad.h5").write_bytes(b"not hdf5")
     with pytest.raises(DataError, match="bad.h5"):
         inspect_file(tmp_path / "bad.h5")
+
+
+def test_the_sheet_never_replaces_a_file_that_is_not_one(tmp_path, capsys):
+    """--sheet pointing at the data itself or at notes is refused; an earlier sheet (a PNG) is replaced; the
+    default sheet beside the file is skipped with a line of the report."""
+    from fast_anerf.cli import entrypoint
+
+    data = tmp_path / "a.h5"
+    _file(data, extra=False)
+    before = data.read_bytes()
+    assert entrypoint(["data", "inspect", str(data), "--sheet", str(data)]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {data}: exists and is not a PNG (data, notes?); the contact "
+                                               "sheet would replace it — pass --sheet with another path")  # fmt: skip
+    assert data.read_bytes() == before
+    sheet = tmp_path / "sheet.png"
+    assert entrypoint(["data", "inspect", str(data), "--sheet", str(sheet)]) == 0
+    first = sheet.read_bytes()
+    assert entrypoint(["data", "inspect", str(data), "--sheet", str(sheet), "--frames", "1"]) == 0
+    assert sheet.read_bytes() != first  # an earlier sheet is replaced
+    default = tmp_path / "a_sheet.png"
+    default.write_text("my notes")
+    capsys.readouterr()
+    assert entrypoint(["data", "inspect", str(data)]) == 0
+    assert "contact sheet: not written (" in capsys.readouterr().out and default.read_text() == "my notes"

@@ -103,6 +103,9 @@ def test_surreal_cameras_share_pose_rows(tmp_path, capsys):
         ([], "pass --select and/or --cameras"),
         (["--select", "0:2", "--out", "{dir}/src.h5"], "--out is the source file"),
         (["--select", "0:2", "--out", "{dir}/exists.h5"], "exists — choose another --out, or pass --overwrite"),
+        (["--select", "{dir}/short_mask.npy"], "short_mask.npy: a mask of 4 values for 6 images; expected one per"),
+        (["--select", "{dir}/huge.npy"], "huge.npy: image index 18446744073709551615 is out of range"),
+        (["--select", "{dir}/empty.txt"], "chooses no images"),
     ],
 )
 def test_bad_selections_are_one_line_errors_and_write_nothing(args, message, tmp_path, capsys):
@@ -112,11 +115,14 @@ def test_bad_selections_are_one_line_errors_and_write_nothing(args, message, tmp
     (tmp_path / "twice.txt").write_text("1\n2\n1\n")
     (tmp_path / "words.txt").write_text("one two\n")
     (tmp_path / "exists.h5").write_bytes(b"keep me")
+    np.save(tmp_path / "short_mask.npy", np.array([True, False, True, True]))
+    np.save(tmp_path / "huge.npy", np.array([1, 2**64 - 1], np.uint64))
+    (tmp_path / "empty.txt").write_text("")
     args = [a.format(dir=tmp_path) for a in args]
     out = [] if "--out" in args else ["--out", str(tmp_path / "sub.h5")]
     assert entrypoint(["data", "subset", str(src), *out, *args]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and message.format(dir=tmp_path) in err and "\n" not in err
+    assert err.startswith("error: ") and message.format(dir=tmp_path) in err and "\n" not in err, err
     assert not (tmp_path / "sub.h5").exists() and (tmp_path / "exists.h5").read_bytes() == b"keep me"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
 
@@ -152,3 +158,33 @@ def test_mixamo_selection_keeps_time_instants_for_multiview(tmp_path):
     with open_anerf_h5(out) as d:
         np.testing.assert_array_equal(d.arrays["kp_idxs"], [1, 0, 1, 1])
         np.testing.assert_array_equal(d.arrays["cam_idxs"], [0, 1, 2, 3])
+
+
+def test_ctrl_c_that_h5py_swallows_still_drops_the_file(tmp_path, capsys):
+    """A SIGINT whose handler runs inside a weakref callback (as in h5py's clean-up while images are copied) is
+    printed as "Exception ignored" and dropped by Python; the write must still stop, leaving no file."""
+    import os
+    import signal
+    import weakref
+
+    from fast_anerf.data.h5_write import atomic_h5
+
+    class Handle:
+        pass
+
+    def interrupt_inside_callback(_ref) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10_000):  # the handler runs between these bytecodes, inside the callback
+            pass
+
+    out = tmp_path / "x.h5"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_h5(out) as f:
+            f.create_dataset("a", data=np.zeros(3))
+            handle = Handle()
+            ref = weakref.ref(handle, interrupt_inside_callback)
+            del handle  # the callback runs here; its KeyboardInterrupt goes nowhere
+            f.create_dataset("b", data=np.ones(3))  # the write goes on
+    assert ref() is None and not out.exists() and list(tmp_path.iterdir()) == []
+    assert "Exception ignored" not in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

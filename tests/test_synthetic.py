@@ -217,8 +217,8 @@ def test_synth_never_replaces_a_users_files_unasked(tiny, tmp_path, capsys):
     (own / "train.h5").write_bytes(b"my own data")
     assert entrypoint(["data", "synth", "--out", str(own), "--frames", "4", "--res", "16"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"error: {own / 'train.h5'}: exists and is not a built-in set (or damaged); choose another "
-                   "--out, or pass --force to replace it")  # fmt: skip
+    assert err == (f"error: {own / 'train.h5'}: exists and is not a built-in set (or a damaged or changed copy); "
+                   "choose another --out, or pass --force to replace it")  # fmt: skip
     assert (own / "train.h5").read_bytes() == b"my own data"
     folder = tiny["train"].parent  # a built-in set a run may have trained on, asked for with other settings
     before = tiny["train"].read_bytes()
@@ -227,6 +227,40 @@ def test_synth_never_replaces_a_users_files_unasked(tiny, tmp_path, capsys):
     assert tiny["train"].read_bytes() == before
     assert entrypoint(["data", "synth", "--out", str(own), "--frames", "4", "--res", "16", "--force"]) == 0
     assert (own / "train.h5").read_bytes() != b"my own data"
+
+
+def test_synth_knows_a_changed_copy_of_its_files(tiny, tmp_path, capsys):
+    """A subset of a built-in split (it carries ``synth_params``) is the user's file, not the cached set."""
+    from fast_anerf.cli import entrypoint
+
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for split in ("test_view", "test_pose"):
+        (folder / f"{split}.h5").write_bytes(tiny[split].read_bytes())
+    assert entrypoint(["data", "subset", str(tiny["train"]), "--select", "0:2", "--out", str(folder / "train.h5")]) == 0
+    before = (folder / "train.h5").read_bytes()
+    capsys.readouterr()
+    assert entrypoint(["data", "synth", "--out", str(folder), "--frames", "4", "--res", "16"]) == 2
+    assert "train.h5: exists and is not a built-in set (or a damaged or changed copy)" in capsys.readouterr().err
+    assert (folder / "train.h5").read_bytes() == before
+
+
+def test_synth_keeps_a_users_report_and_refuses_a_file_as_out(tmp_path, capsys):
+    from fast_anerf.cli import entrypoint
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "report.txt").write_text("my experiment notes")
+    assert entrypoint(["data", "synth", "--out", str(folder), "--frames", "4", "--res", "16"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {folder / 'report.txt'}: exists and is not this command's report (your notes?); choose another "
+        "--out, or pass --force to replace it"
+    )
+    assert (folder / "report.txt").read_text() == "my experiment notes" and not (folder / "train.h5").exists()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert entrypoint(["data", "synth", "--out", str(afile), "--frames", "4", "--res", "16"]) == 2
+    assert "afile: is a file; --out is the folder the three split files go to" in capsys.readouterr().err
 
 
 def test_synth_completes_its_own_incomplete_set(tmp_path):

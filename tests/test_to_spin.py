@@ -97,6 +97,29 @@ def test_refined_poses_come_back_through_from_spin(spin_case, capsys):
         np.testing.assert_allclose(data.arrays["kp3d"][:, 0], np.tile(SMPL_MEAN_PELVIS, (8, 1)), atol=1e-6)
 
 
+def test_to_spin_output_converts_back_without_options(spin_case, capsys):
+    """Without --spin, to-spin writes a full-frame camera (transl, focal) that from-spin reads as it is: the same
+    joints in every camera, at the file's focal, with no --focal to repeat. --focal F moves the camera along its
+    axis, keeping the person's image size."""
+    root = spin_case["root"]
+    focal = float(spin_case["src"]["focals"][0])
+    assert _run(spin_case, "--focal", repr(focal), out="plain_base.h5")[0] == 0
+    refined = _refined(root / "plain_base.h5", root / "plain_refined.h5")
+    spin = _to_spin(refined, root / "plain.npz")
+    assert "pred_camera" not in spin
+    code, again = _run(spin_case, npz="plain.npz", out="plain_again.h5")
+    assert code == 0 and "px (plain.npz's focal)" in capsys.readouterr().out
+    np.testing.assert_allclose(_cv_joints(again), _cv_joints(refined), atol=1e-4)  # m
+    with open_anerf_h5(again) as data:
+        np.testing.assert_allclose(data.arrays["focals"], focal, rtol=1e-6)
+    code, longer = _run(spin_case, "--focal", repr(2 * focal), npz="plain.npz", out="plain_longer.h5")
+    assert code == 0
+    near, far = _cv_joints(again), _cv_joints(longer)
+    np.testing.assert_allclose(far[..., 2] - near[..., 2], spin["transl"][:, None, 2] + 0 * near[..., 2], rtol=1e-4)
+    assert _run(spin_case, "--focal", "spin", npz="plain.npz", out="plain_spin.h5")[0] == 2
+    assert "has no SPIN crop camera (pred_camera)" in capsys.readouterr().err
+
+
 def test_a_subset_is_matched_by_frame_id(spin_case):
     root = spin_case["root"]
     assert _run(spin_case, out="full.h5")[0] == 0

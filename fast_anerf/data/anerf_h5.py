@@ -283,8 +283,13 @@ class AnerfData:
             if self.arrays[key].shape != (p, *tail):
                 got = self.arrays[key].shape
                 raise self._bad(key, f"has shape {got} but kp3d has {p} poses; expected {(p, *tail)}")
-        if "cyls" in self.arrays and self.arrays["cyls"].shape[-1:] != (5,):
-            raise self._bad("cyls", f"has shape {self.arrays['cyls'].shape}; expected ({p}, 5)")
+        cyls = self.arrays.get("cyls")
+        if cyls is not None and (cyls.ndim != 2 or cyls.shape[1] != 5 or len(cyls) not in (p, self.n_images)):
+            raise self._bad("cyls", f"has shape {cyls.shape}; expected ({p}, 5), one cylinder per pose")
+        paths = self.arrays.get("img_paths")
+        if paths is not None and np.shape(paths) != (self.n_images,):
+            raise self._bad("img_paths", f"has shape {np.shape(paths)}; expected ({self.n_images},), one path per "
+                            "image (or leave the key out)")  # fmt: skip
         if "rest_pose" in self.arrays and self.arrays["rest_pose"].shape != (24, 3):
             raise self._bad("rest_pose", f"has shape {self.arrays['rest_pose'].shape}; expected (24, 3)")
         for key, tail in _GT_TAILS.items():

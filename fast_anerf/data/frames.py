@@ -14,14 +14,18 @@ from fast_anerf.errors import DataError
 
 MASK_THRESHOLD = 2  # A-NeRF: foreground = mask >= 2 on 0-255 masks
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+NOT_MEDIA_SUFFIXES = (".npz", ".npy", ".h5", ".hdf5", ".pkl", ".json", ".txt", ".pt")  # a wrong argument
 
 
 def binarize_mask(mask: np.ndarray) -> np.ndarray:
     """0-255 mask ``[H, W]`` or ``[H, W, C]`` -> bool ``[H, W]``: ``>= 2`` (A-NeRF), ``>= 0.5`` for floats in
     [0, 1] (probabilities), or ``> 0`` for other masks whose max is <= 1 (bool, integer {0, 1}). Colour masks use
-    the max over the first three channels."""
+    the max over the first three channels; a mask with an alpha channel that is not opaque everywhere (a
+    cut-out: RGBA or grey + alpha) is its alpha channel."""
     m = np.asarray(mask)
-    if m.ndim == 3:
+    if m.ndim == 3 and m.shape[-1] in (2, 4) and m.size and m[..., -1].min() < m[..., -1].max():
+        m = m[..., -1]
+    elif m.ndim == 3:
         m = m[..., :3].max(-1)
     if m.dtype.kind == "f" and m.max(initial=0) <= 1:  # a segmentation network's probabilities (or 0.0 / 1.0)
         return m >= 0.5
@@ -61,10 +65,13 @@ def read_frames(
 
     if not path.exists():
         raise DataError(f"{path}: {what} not found — pass a folder of images or a video")
+    if path.suffix.lower() in NOT_MEDIA_SUFFIXES:
+        raise DataError(f"{path}: {what} must be a folder of images or a video, not a {path.suffix} file")
     wanted = None if ids is None else {int(i) for i in ids}
     try:
         if path.is_dir():
-            files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+            # Hidden files are not frames: macOS leaves "._0001.png" beside each file copied from its disks.
+            files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name[0] != "."),
                            key=lambda p: natural_key(p.name))  # fmt: skip
             total, names = len(files), [str(p) for p in files]
             read = lambda i: iio.imread(files[i])  # noqa: E731

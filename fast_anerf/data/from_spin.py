@@ -28,7 +28,9 @@ Conversion (A-NeRF's ``process_spin.py``, VIBE's ``convert_crop_cam_to_orig_img`
   translation ``t = (tx + 2(cx - W/2)/(s side), ty + 2(cy - H/2)/(s side), tz)``: a camera tens of metres
   away with a long lens, nearly orthographic (``--focal spin``, as A-NeRF). Any other focal ``F`` moves the
   camera along its axis, ``tz *= F / f``, so the person keeps its image size: a known ``--focal F`` (A-NeRF's
-  ``new_focal``), or by default the frame's diagonal ``sqrt(W^2 + H^2)`` (CLIFF's guess for unknown cameras).
+  ``new_focal``), or by default the file's ``focal`` (``to-spin`` writes it), else the frame's diagonal
+  ``sqrt(W^2 + H^2)`` (CLIFF's guess for unknown cameras). A file without ``pred_camera`` but with ``transl``
+  and ``focal`` (``to-spin``'s output) gives its full-frame camera directly: ``t = transl``.
   Why not SPIN's: pose refinement (scripts/bench_spin_loop.py) took MPJPE -49 / -51 % with the diagonal (two
   runs), -51 % with the true focal, -45 % with 0.8x it, +4.5 % with SPIN's camera (the poses fake perspective).
 * World = SMPL's model frame with the axes of SPIN's OpenCV camera (x right, y down, z forward), so "up" is
@@ -59,7 +61,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,161 +71,19 @@ from fast_anerf.data.background import static_background
 from fast_anerf.data.frames import MASK_THRESHOLD, as_rgb, binarize_mask, read_frames
 from fast_anerf.data.h5_write import write_anerf_h5
 from fast_anerf.data.rays import OPENCV_TO_OPENGL, bounding_cylinder
+from fast_anerf.data.spin_npz import bad_key, load_spin_npz
 from fast_anerf.errors import DataError, UserError, refuse_to_replace
-from fast_anerf.skeleton import axis_angle_to_matrix, matrix_to_axis_angle
+from fast_anerf.skeleton import matrix_to_axis_angle
 
 SPIN_FOCAL = 5000.0  # px, SPIN's fixed focal length in the crop
 SPIN_CROP = 224  # px, SPIN's crop size
-SPIN_PELVIS_49 = 8  # "OP MidHip" in SPIN's 49 joints, mapped to SMPL joint 0
 # SMPL neutral mean-shape pelvis J_0 = J_regressor[0] @ v_template, metres, model frame. Only used when neither
 # pred_joints nor an SMPL file gives it; an error of d metres shifts the body by f*d/tz px in the image.
 SMPL_MEAN_PELVIS = np.array([-0.0018, -0.2233, 0.0282])
 EXT_SCALE = 0.001
 BACKGROUND_MODES = ("median", "white", "none")
 FOCAL_MODES = ("diagonal", "spin")
-ALIASES = {
-    "rotmat": ("pred_rotmat", "pred_rot_mat", "rotmat"),
-    "pose": ("pose", "pred_pose"),
-    "camera": ("pred_camera", "pred_cam"),
-    "bboxes": ("bboxes", "bbox"),
-    "betas": ("pred_betas", "betas"),
-    "joints": ("pred_joints", "joints3d"),
-    "frame_ids": ("frame_ids",),
-    "masks": ("masks",),
-}
-
-
-@dataclass
-class SpinFrames:
-    """Validated SPIN output, float64. ``rotmats [N, 24, 3, 3]``, ``cameras [N, 3]`` (s, tx, ty),
-    ``bboxes [N, 3]`` (cx, cy, side) px, ``betas [N, B]``, ``pelvis [N, 3]`` m or None, ``frame_ids [N]`` or
-    None, ``masks [N, H, W]`` bool or None."""
-
-    rotmats: np.ndarray
-    cameras: np.ndarray
-    bboxes: np.ndarray
-    betas: np.ndarray
-    pelvis: np.ndarray | None
-    frame_ids: np.ndarray | None
-    masks: np.ndarray | None
-
-    @property
-    def n(self) -> int:
-        return len(self.rotmats)
-
-
-def _bad(path: Path, key: str, problem: str, fix: str) -> DataError:
-    return DataError(f"{path}: key '{key}' {problem} — {fix}")
-
-
-def _finite(path: Path, key: str, a: np.ndarray) -> np.ndarray:
-    if np.asarray(a).dtype.kind not in "biuf":
-        raise _bad(path, key, f"holds {np.asarray(a).dtype} values, not numbers", "re-export the SPIN output")
-    a = np.asarray(a, dtype=np.float64)
-    if not np.isfinite(a).all():
-        row = int(np.argwhere(~np.isfinite(a.reshape(len(a), -1)).all(-1))[0, 0]) if a.ndim else 0
-        raise _bad(path, key, f"has non-finite values (first in row {row})", "re-export the SPIN output")
-    return a
-
-
-def load_spin_npz(path: str | os.PathLike) -> SpinFrames:
-    """Read and validate a SPIN-format ``.npz`` (keys in the module docstring); raises one-line DataErrors."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: SPIN file not found — pass the .npz with pred_rotmat, pred_camera, bboxes")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            raw = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"{path}: not a readable .npz ({msg}) — save the SPIN output with np.savez") from None
-
-    def get(name: str, required: bool = True) -> tuple[str, np.ndarray | None]:
-        for key in ALIASES[name]:
-            if key in raw:
-                return key, raw[key]
-        if required:
-            names = " | ".join(ALIASES[name])
-            raise DataError(f"{path}: missing key '{names}' (have: {', '.join(sorted(raw))}) — add it")
-        return ALIASES[name][0], None
-
-    rot_key, rot = get("rotmat", required=False)
-    if rot is None:
-        key, pose = get("pose", required=False)
-        if pose is None:
-            names = " | ".join(ALIASES["rotmat"] + ALIASES["pose"])
-            raise DataError(f"{path}: missing key '{names}' (have: {', '.join(sorted(raw))}) — add the rotations")
-        pose = _finite(path, key, pose)
-        if pose.ndim == 2 and pose.shape[1] == 72:
-            pose = pose.reshape(-1, 24, 3)
-        if pose.ndim != 3 or pose.shape[1:] != (24, 3) or len(pose) < 1:
-            raise _bad(path, key, f"has shape {pose.shape}", "expected (N, 72) or (N, 24, 3) SMPL axis-angle")
-        angle = float(np.linalg.norm(pose, axis=-1).max())
-        if angle > 2 * np.pi + 1e-3:  # SPIN / VIBE write radians; a joint turned by more than a full turn is degrees
-            raise _bad(path, key, f"has a rotation of {angle:.1f} (more than 2 pi)",
-                       "axis-angle must be in radians (multiply degrees by pi / 180)")  # fmt: skip
-        rot, rot_key = axis_angle_to_matrix(torch.as_tensor(pose)).numpy(), key
-    rot = _finite(path, rot_key, rot)
-    if rot.ndim != 4 or rot.shape[1:] != (24, 3, 3) or len(rot) < 1:
-        raise _bad(path, rot_key, f"has shape {rot.shape}", "expected (N, 24, 3, 3) SMPL rotation matrices")
-    n = len(rot)
-    ortho = np.abs(rot @ rot.swapaxes(-1, -2) - np.eye(3)).max(axis=(-1, -2))
-    det = np.linalg.det(rot)
-    if (ortho > 1e-2).any() or (det < 0.5).any():
-        i, j = np.argwhere((ortho > 1e-2) | (det < 0.5))[0]
-        raise _bad(path, rot_key, f"frame {i} joint {j} is not a rotation (|R R^T - I| {ortho[i, j]:.3g}, det "
-                   f"{det[i, j]:.3g})", "expected proper rotation matrices")  # fmt: skip
-    # Re-orthonormalise the small float drift of network outputs (nearest rotation, via SVD).
-    u, _, vt = np.linalg.svd(rot)
-    rot = u @ vt
-
-    def rows(name: str, tails: tuple[tuple[int, ...], ...], what: str, required: bool = True):
-        key, a = get(name, required)
-        if a is None:
-            return key, None
-        a = _finite(path, key, a)
-        if a.ndim < 1 or len(a) != n or a.shape[1:] not in tails:
-            want = " or ".join(str((n, *t)) for t in tails)
-            raise _bad(path, key, f"has shape {a.shape} for {n} frames of '{rot_key}'", f"expected {want} "
-                       f"{what}")  # fmt: skip
-        return key, a
-
-    key, cameras = rows("camera", ((3,),), "weak-perspective (s, tx, ty)")
-    if (cameras[:, 0] <= 0).any():
-        i = int(np.argwhere(cameras[:, 0] <= 0)[0, 0])
-        raise _bad(path, key, f"has scale s = {cameras[i, 0]:.4g} in frame {i}", "expected s > 0 (SPIN's crop scale)")
-    key, boxes = rows("bboxes", ((4,), (3,)), "(cx, cy, w, h) or (cx, cy, side) pixels")
-    side = boxes[:, 2:].max(-1)
-    if (side <= 0).any():
-        i = int(np.argwhere(side <= 0)[0, 0])
-        raise _bad(path, key, f"has a box of size {boxes[i, 2:].tolist()} in frame {i}", "expected sizes > 0 px")
-    bboxes = np.concatenate([boxes[:, :2], side[:, None]], axis=-1)
-
-    key, betas = get("betas", required=False)
-    if betas is None:
-        betas = np.zeros((n, 10))
-    else:
-        betas = _finite(path, key, betas)
-        if betas.ndim in (1, 2) and betas.size and (betas.ndim == 1 or len(betas) == 1):
-            betas = np.broadcast_to(betas.reshape(1, -1), (n, betas.shape[-1]))  # one shape for all frames
-        if betas.ndim != 2 or len(betas) != n or betas.shape[1] < 1:
-            raise _bad(path, key, f"has shape {betas.shape}", f"expected ({n}, 10) SMPL shape parameters")
-    key, joints = rows("joints", ((49, 3), (24, 3)), "model-frame joints (SPIN's 49 or SMPL's 24)", required=False)
-    pelvis = None if joints is None else joints[:, SPIN_PELVIS_49 if joints.shape[1] == 49 else 0]
-
-    key, ids = get("frame_ids", required=False)
-    if ids is not None:
-        if ids.dtype.kind not in "iu" or ids.shape != (n,) or (ids < 0).any():
-            raise _bad(path, key, f"has shape {ids.shape} ({ids.dtype})", f"expected ({n},) frame indices >= 0")
-        ids = ids.astype(np.int64)
-    key, masks = get("masks", required=False)
-    if masks is not None:
-        masks = np.asarray(masks)
-        masks = masks[..., 0] if masks.ndim == 4 and masks.shape[-1] == 1 else masks
-        if masks.ndim != 3 or len(masks) != n or masks.dtype.kind not in "biuf":
-            raise _bad(path, key, f"has shape {masks.shape} ({masks.dtype})", f"expected ({n}, H, W) masks")
-        masks = np.stack([binarize_mask(m) for m in masks])
-    return SpinFrames(rot, cameras, bboxes, np.ascontiguousarray(betas), pelvis, ids, masks)
+FOCAL_SOURCES = {"diagonal": "the frame's diagonal", "spin": "SPIN's crop focal"}
 
 
 def crop_camera_to_full(
@@ -300,13 +159,25 @@ def _same_or_inside(path: Path, other: Path) -> bool:
     return path == other or other in path.parents
 
 
+def check_mask_coverage(fg: np.ndarray, names: list[str], source) -> None:
+    """Masks ``fg [n, H, W]`` bool must show the person: all empty is an error (a black folder, the wrong
+    channel), some empty frames a warning (training refuses images without foreground pixels)."""
+    empty = np.flatnonzero(~fg.reshape(len(fg), -1).any(1))
+    if len(empty) == len(fg):
+        raise DataError(f"{source}: every mask is empty (no pixel >= {MASK_THRESHOLD} on 0-255, nor an alpha "
+                        "channel) — pass masks where the person is the bright part")  # fmt: skip
+    if len(empty):
+        print(f"warning: {len(empty)} of {len(fg)} masks are empty (first: {names[empty[0]]}); training refuses "
+              "those images — drop them with `fast-anerf data subset` or fix the masks", file=sys.stderr)  # fmt: skip
+
+
 def convert_spin(
     spin_path: str | os.PathLike,
     images: str | os.PathLike,
     out: str | os.PathLike,
     masks: str | os.PathLike | None = None,
     smpl: str | os.PathLike | None = None,
-    focal: float | str = "diagonal",
+    focal: float | str | None = None,
     bbox_scale: float = 1.0,
     background: str = "median",
     overwrite: bool = False,
@@ -315,15 +186,15 @@ def convert_spin(
 
     Everything is read and validated before anything is written; the write is atomic. Returns a summary dict
     (``frames, height, width``, ``focal`` px and ``camera_distance`` m (min, max), the ``focal_source``,
-    ``rest_pose`` and ``pelvis`` sources, ``background``). ``focal``: px or ``FOCAL_MODES``; ``background``:
-    ``BACKGROUND_MODES``.
+    ``rest_pose`` and ``pelvis`` sources, ``background``). ``focal``: px or ``FOCAL_MODES``, or None (the file's
+    ``focal``, else "diagonal"); ``background``: ``BACKGROUND_MODES``.
     """
     from fast_anerf.data.synthetic import builtin_rest_pose, pose_arrays
 
     spin_path, out = Path(spin_path), Path(out)
     if isinstance(focal, str) and focal not in FOCAL_MODES:
         raise UserError(f"--focal {focal}: expected a focal length in pixels or one of {FOCAL_MODES}")
-    if not isinstance(focal, str) and not (np.isfinite(focal) and focal > 0):
+    if focal is not None and not isinstance(focal, str) and not (np.isfinite(focal) and focal > 0):
         raise UserError(f"--focal is {focal}; expected a focal length > 0 in pixels (or leave it out)")
     if not (np.isfinite(bbox_scale) and bbox_scale > 0):
         raise UserError(f"--bbox-scale is {bbox_scale}; expected a factor > 0 (1 = the boxes as stored)")
@@ -347,11 +218,11 @@ def convert_spin(
                                 "match frames")  # fmt: skip
             return binarize_mask(mask)
 
-        fg = read_frames(Path(masks), "masks", spin.frame_ids, n, mask_of_frame)[0]
+        fg, mask_names = read_frames(Path(masks), "masks", spin.frame_ids, n, mask_of_frame)
     elif spin.masks is not None:
-        fg = spin.masks
+        fg, mask_names = spin.masks, [f"{spin_path} key 'masks' [{i}]" for i in range(n)]
         if fg.shape[1:] != (h, w):
-            raise _bad(spin_path, "masks", f"has shape {fg.shape}, frames are {h}x{w}", "masks must match frames")
+            raise bad_key(spin_path, "masks", f"has shape {fg.shape}, frames are {h}x{w}", "masks must match frames")
     else:
         raise DataError(f"{spin_path}: no masks — pass --masks (a folder or video of 0-255 masks) or add key 'masks'")
 
@@ -365,13 +236,24 @@ def convert_spin(
     if spin.pelvis is not None:
         pelvis, pelvis_source = spin.pelvis, "pred_joints"
 
-    boxes = spin.bboxes.copy()
-    boxes[:, 2] *= bbox_scale
-    known = {"diagonal": float(np.hypot(w, h)), "spin": None}.get(focal, focal)
-    focals, trans = crop_camera_to_full(spin.cameras, boxes, np.array([w / 2, h / 2]), known)
+    if focal is None:
+        focal = "file" if spin.focals is not None else "diagonal"
+    known = {"diagonal": float(np.hypot(w, h)), "spin": None, "file": spin.focals}.get(focal, focal)
+    if spin.cameras is not None:
+        boxes = spin.bboxes.copy()
+        boxes[:, 2] *= bbox_scale
+        focals, trans = crop_camera_to_full(spin.cameras, boxes, np.array([w / 2, h / 2]), known)
+    elif known is None:
+        raise UserError(f"--focal spin: {spin_path} has no SPIN crop camera (pred_camera) to take it from — pass "
+                        "a focal length in px or leave --focal out")  # fmt: skip
+    else:  # to-spin's full-frame camera; another focal moves it along its axis (the person keeps its size)
+        focals = np.broadcast_to(np.asarray(known, np.float64), (n,)).copy()
+        trans = spin.transl.copy()
+        trans[:, 2] *= focals / spin.focals
     c2ws = spin_c2ws(trans)
     bones = matrix_to_axis_angle(torch.as_tensor(spin.rotmats)).numpy()
     poses = pose_arrays(rest.astype(np.float32), bones, pelvis)
+    check_mask_coverage(fg, mask_names, masks if masks is not None else spin_path)
     if fg.mean() > 0.5:  # a person rarely fills half of every frame: white-background masks, say
         print(f"warning: the masks cover {fg.mean():.0%} of the frames — are they inverted? (the person must be "
               f"the bright part: value >= {MASK_THRESHOLD} on 0-255)", file=sys.stderr)  # fmt: skip
@@ -408,7 +290,7 @@ def convert_spin(
         "height": h,
         "width": w,
         "focal": (float(focals.min()), float(focals.max())),
-        "focal_source": {"diagonal": "the frame's diagonal", "spin": "SPIN's crop focal"}.get(focal, "--focal"),
+        "focal_source": FOCAL_SOURCES.get(focal, f"{spin_path.name}'s focal" if focal == "file" else "--focal"),
         "camera_distance": (float(dist.min()), float(dist.max())),
         "rest_pose": rest_source,
         "pelvis": pelvis_source,

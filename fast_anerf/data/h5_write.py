@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,13 +118,47 @@ def image_chunks(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 @contextlib.contextmanager
+def _ctrl_c_noted() -> Iterator[list]:
+    """Ctrl-C while h5py writes can land in one of its weakref callbacks, where Python prints the
+    ``KeyboardInterrupt`` as "Exception ignored" and drops it: the write would go on and the command exit 0.
+    Here the interrupt is also noted (the yielded list), so the caller can still drop the file, and not printed.
+    Only where nobody else handles Ctrl-C (training saves a checkpoint on it: its handler stays)."""
+    noted: list[int] = []
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield noted
+        return
+
+    def on_sigint(signum, frame) -> None:
+        noted.append(signum)
+        raise KeyboardInterrupt
+
+    def unraisable(info) -> None:
+        if not issubclass(info.exc_type, KeyboardInterrupt):
+            previous_hook(info)
+
+    previous_hook = sys.unraisablehook
+    signal.signal(signal.SIGINT, on_sigint)
+    sys.unraisablehook = unraisable
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = previous_hook
+
+
+@contextlib.contextmanager
 def atomic_h5(path: Path) -> Iterator[h5py.File]:
     """``with atomic_h5(path) as f:`` writes an HDF5 file that appears at ``path`` only once complete.
 
     It is written under a temporary name in the same folder (so the final ``os.replace`` is a rename on one
     filesystem; unique, so parallel writers don't collide), synced to disk and renamed: an interrupted write
     never leaves a partial file and never damages an older file at ``path``, nor the folders it made for it.
-    ``OSError`` (a full disk, a read-only folder) becomes one line naming ``path``.
+    ``OSError`` (a full disk, a read-only folder) becomes one line naming ``path``; Ctrl-C (even one that h5py
+    swallowed, ``_ctrl_c_noted``) leaves no file.
     """
-    with atomic_path(path, durable=True) as tmp, h5py.File(tmp, "w") as f:
-        yield f
+    with _ctrl_c_noted() as interrupted, atomic_path(path, durable=True) as tmp:
+        with h5py.File(tmp, "w") as f:
+            yield f
+        if interrupted:
+            raise KeyboardInterrupt

@@ -26,6 +26,7 @@ from fast_anerf.media import draw_segment
 from fast_anerf.run_files import atomic_path
 from fast_anerf.skeleton import SMPL_JOINT_NAMES, SMPL_PARENTS, bone_lengths
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JOINT_COLOUR = (255, 0, 0)
 OUTLINE_COLOUR = (255, 0, 255)
 LEFT_COLOUR, RIGHT_COLOUR, CENTRE_COLOUR = (0, 170, 0), (0, 80, 255), (230, 190, 0)
@@ -95,6 +96,19 @@ def sheet_layout(n_tiles: int, height: int, width: int) -> tuple[int, int, int, 
     return rows, cols, scale, (rows * (height * scale + LABEL_HEIGHT), cols * width * scale)
 
 
+def check_sheet_path(sheet_path: Path) -> None:
+    """Refuse a sheet path that holds something else: the sheet may replace an earlier sheet (a PNG), never a
+    user's data file, notes or the inspected ``.h5`` itself. Raises ``OutputError`` (one line)."""
+    if sheet_path.is_dir():
+        raise OutputError(f"{sheet_path}: is a folder; --sheet is the PNG file to write, e.g. {sheet_path}/sheet.png")
+    if sheet_path.is_file():
+        with open(sheet_path, "rb") as handle:
+            head = handle.read(len(PNG_SIGNATURE))
+        if head and head != PNG_SIGNATURE:
+            raise OutputError(f"{sheet_path}: exists and is not a PNG (data, notes?); the contact sheet would "
+                              "replace it — pass --sheet with another path")  # fmt: skip
+
+
 def write_contact_sheet(data, sheet_path: Path, n_frames: int = 16) -> list[int]:
     """Write the contact sheet PNG of an opened file (atomically); returns the image indices drawn."""
     from PIL import Image, ImageDraw  # pillow comes with imageio
@@ -133,6 +147,14 @@ def inspect_file(
     Returns:
         The multi-line report.
     """
+    sheet_refused = None
+    if sheet_path is not None:
+        try:
+            check_sheet_path(Path(sheet_path))
+        except OutputError as error:
+            if sheet_required:
+                raise
+            sheet_refused, sheet_path = error, None
     with open_anerf_h5(path) as data:
         a = data.arrays
         kp3d = a["kp3d"]  # [P, 24, 3]
@@ -164,6 +186,8 @@ def inspect_file(
             f"    camera-to-root distance: {_stats(dist)}",
         ]
         lines += _mpjpe_lines(a, data.pose_idxs, data.ext_scale)
+        if sheet_refused is not None:
+            lines.append(f"  contact sheet: not written ({sheet_refused})")
         if sheet_path is not None:
             try:
                 idxs = write_contact_sheet(data, Path(sheet_path), n_frames)

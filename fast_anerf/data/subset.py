@@ -20,6 +20,7 @@ unchanged.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import h5py
@@ -32,8 +33,8 @@ from fast_anerf.errors import UserError, refuse_to_replace
 _BLOCK = 64  # images per copy step
 # Rows: one per image (expanded by the reader: c2ws, focals, centers), one per pose row, or either.
 PER_IMAGE_KEYS = ("c2ws", "focals", "centers", "cam_idxs", "bkgd_idxs", "img_paths")
-PER_POSE_KEYS = ("kp3d", "bones", "skts", "cyls")
-PER_POSE_OR_IMAGE_KEYS = ("gt_kp3d", "gt_skts", "gt_bones", "gt_poses", "betas")
+PER_POSE_KEYS = ("kp3d", "bones", "skts")
+PER_POSE_OR_IMAGE_KEYS = ("cyls", "gt_kp3d", "gt_skts", "gt_bones", "gt_poses", "betas")
 DROPPED_KEYS = ("train_idxs", "val_idxs", "kp_idxs", "img_shape")  # kp_idxs and img_shape are rewritten
 
 
@@ -52,16 +53,23 @@ def parse_selection(select: str, n_images: int) -> np.ndarray:
         raise UserError(f"--select {select}: no such file; pass a .npy or .txt of image indices, or a slice "
                         "START:STOP[:STEP] such as 0:1000 or ::2")  # fmt: skip
     try:
-        ids = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path, ndmin=1)
+        with warnings.catch_warnings():  # numpy warns (2 lines) on an empty text file: the check below says it
+            warnings.simplefilter("ignore", UserWarning)
+            ids = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path, ndmin=1)
     except (ValueError, OSError) as e:
         raise UserError(f"{path}: cannot read image indices ({e}); expected a .npy or .txt of integers") from None
     ids = np.asarray(ids).reshape(-1)
-    if ids.dtype.kind == "b" and ids.size == n_images:  # a boolean mask over the images
+    if ids.dtype.kind == "b":  # a boolean mask over the images
+        if ids.size != n_images:
+            raise UserError(f"{path}: a mask of {ids.size} values for {n_images} images; expected one per image "
+                            "(or integer image indices)")  # fmt: skip
         return np.flatnonzero(ids)
     if ids.dtype.kind == "f" and np.all(ids == np.round(ids)):
         ids = ids.astype(np.int64)
     if ids.dtype.kind not in "iu":
         raise UserError(f"{path}: holds {ids.dtype} values; expected integer image indices")
+    if ids.dtype.kind == "u" and ids.size and ids.max() > np.iinfo(np.int64).max:
+        raise UserError(f"{path}: image index {ids.max()} is out of range; expected indices below {n_images}")
     return ids.astype(np.int64)
 
 

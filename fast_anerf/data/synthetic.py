@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import colorsys
 import functools
+import hashlib
 import json
 import math
 import os
@@ -270,14 +271,30 @@ def noisy_poses(bones: np.ndarray, roots: np.ndarray, c2ws: np.ndarray, seed: in
     return matrix_to_axis_angle(noisy).numpy(), roots + depth * view_dir + trans
 
 
+def _content_digest(kp3d: np.ndarray, img_shape) -> str:
+    """What makes a split file this very set: its image count and size and its poses (``kp3d [P, 24, 3]``)."""
+    head = json.dumps([int(x) for x in np.asarray(img_shape).ravel()]).encode()
+    return hashlib.sha256(head + np.ascontiguousarray(kp3d, np.float32).tobytes()).hexdigest()[:16]
+
+
 def _stored_params(path: Path) -> dict | None:
+    """The parameters a built-in split file was made with; ``None`` for a file that is not one, or no longer is
+    (``data subset`` and pose refinement copy ``synth_params`` but change the images or poses the digest covers)."""
     try:
         with h5py.File(path, "r") as f:
-            raw = f["synth_params"][()]
-        raw = raw[0] if isinstance(raw, np.ndarray) else raw
-        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+            params = json.loads(_h5_text(f["synth_params"][()]))
+            if _h5_text(f["synth_digest"][()]) != _content_digest(f["kp3d"][()], f["img_shape"][()]):
+                return None
+        return params
     except (OSError, KeyError, ValueError, TypeError):
         return None
+
+
+def _h5_text(raw) -> str:
+    """A string stored by ``write_anerf_h5`` (bytes, str, or a one-element array of either)."""
+    raw = raw[0] if isinstance(raw, np.ndarray) and raw.ndim else raw
+    raw = raw.item() if isinstance(raw, np.ndarray) else raw
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def generate_dataset(
@@ -309,6 +326,8 @@ def generate_dataset(
             f"built-in data: got n_frames={n_frames}, resolution={resolution}; need n_frames >= 1 and "
             "resolution >= 16 — pass larger values"
         )
+    if out.exists() and not out.is_dir():  # found now, not after the first split has rendered
+        raise UserError(f"{out}: is a file; --out is the folder the three split files go to — choose a folder")
     params = {"format_version": FORMAT_VERSION, "n_frames": n_frames, "resolution": resolution, "seed": seed}
     paths = {s: out / f"{s}.h5" for s in SPLITS}
     if not force and all(_stored_params(p) == params for p in paths.values()):
@@ -318,10 +337,15 @@ def generate_dataset(
     existing = [p for p in paths.values() if p.exists() and _stored_params(p) != params]
     if existing and not force and out.resolve() != default_data_dir().resolve():
         stored = _stored_params(existing[0])
-        what = "a built-in set made with other settings" if stored else "not a built-in set (or damaged)"
+        what = "a built-in set made with other settings"
+        what = what if stored else "not a built-in set (or a damaged or changed copy)"
         settings = f" ({', '.join(f'{k} {v}' for k, v in stored.items() if k != 'format_version')})" if stored else ""
         raise UserError(f"{existing[0]}: exists and is {what}{settings}; choose another --out, or pass --force "
                         "to replace it")  # fmt: skip
+    report_path = out / "report.txt"
+    if not force and report_path.is_file() and not report_path.read_bytes().startswith(b"built-in data set"):
+        raise UserError(f"{report_path}: exists and is not this command's report (your notes?); choose another "
+                        "--out, or pass --force to replace it")  # fmt: skip
 
     start = time.perf_counter()
     char = Character()
@@ -408,6 +432,7 @@ def generate_dataset(
             "kp_idxs": rows,
             "cam_idxs": np.asarray(cam_idxs, np.int64),
             "synth_params": json.dumps(params),
+            "synth_digest": _content_digest(est["kp3d"], [n, resolution, resolution, 3]),
         }
         if split == "train":
             data["synth_report"] = json.dumps({"noisy_mpjpe_mm": mpjpe_mm})
@@ -419,7 +444,7 @@ def generate_dataset(
         log(line, flush=True)
     report.append(f"  noisy training poses: MPJPE {mpjpe_mm:.1f} mm (gt_kp3d vs kp3d, no alignment)")
     report.append(f"  total {time.perf_counter() - start:.1f} s")
-    with atomic_path(out / "report.txt") as tmp:
+    with atomic_path(report_path) as tmp:
         tmp.write_text("\n".join(report) + "\n")
     log("\n".join(report[-2:]))
     return paths

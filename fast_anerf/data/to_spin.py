@@ -39,15 +39,9 @@ import numpy as np
 import torch
 
 from fast_anerf.data.anerf_h5 import AnerfData, open_anerf_h5
-from fast_anerf.data.from_spin import (
-    ALIASES,
-    SMPL_MEAN_PELVIS,
-    SpinFrames,
-    crop_camera_to_full,
-    load_spin_npz,
-    smpl_rest_joints,
-)
+from fast_anerf.data.from_spin import SMPL_MEAN_PELVIS, crop_camera_to_full, smpl_rest_joints
 from fast_anerf.data.rays import OPENCV_TO_OPENGL
+from fast_anerf.data.spin_npz import ALIASES, SpinFrames, load_spin_npz
 from fast_anerf.errors import DataError, UserError, refuse_to_replace
 from fast_anerf.run_files import atomic_file
 from fast_anerf.skeleton import axis_angle_to_matrix, matrix_to_axis_angle
@@ -141,6 +135,9 @@ def export_spin(
         bones = arrays["bones"].astype(np.float64)[pose_idxs]  # [N, 24, 3] axis-angle, root in the world
         rest, kp_idxs, img_paths = arrays.get("rest_pose"), arrays.get("kp_idxs"), arrays.get("img_paths")
         spin = load_spin_npz(spin_path) if spin_path is not None else None
+        if spin is not None and spin.cameras is None:
+            raise UserError(f"--spin {spin_path}: has no crop camera (pred_camera, bboxes): is it to-spin's own "
+                            "output? pass the SPIN / VIBE file that from-spin converted")  # fmt: skip
         rows = _spin_rows(Path(spin_path), spin, data) if spin is not None else None
         betas = spin.betas[rows] if spin is not None else _file_betas(data)
     if betas is None:
