@@ -58,6 +58,29 @@ class FastFieldConfig:
     coarse_to_fine_start: float = 2.0
 
     def __post_init__(self) -> None:
+        """Values no field can be built with fail here, as one line naming the key (the hash grid's and MLPs'
+        own checks would otherwise surface as a traceback, some only at the first training step)."""
+        checks = (
+            ("n_levels", 1 <= self.n_levels <= 128, "in 1..128 (tiny-cuda-nn's limit)"),
+            ("n_features_per_level", self.n_features_per_level in (1, 2, 4, 8), "1, 2, 4 or 8 (tiny-cuda-nn's)"),
+            ("log2_hashmap_size", 1 <= self.log2_hashmap_size <= 30, "in 1..30"),
+            ("base_resolution", self.base_resolution >= 1, ">= 1"),
+            ("per_level_scale", self.per_level_scale >= 1.0, ">= 1.0"),
+            ("geo_feature_dim", self.geo_feature_dim >= 0, ">= 0"),
+            ("density_neurons", self.density_neurons >= 1, ">= 1"),
+            ("color_neurons", self.color_neurons >= 1, ">= 1"),
+            ("density_hidden_layers", self.density_hidden_layers >= 0, ">= 0"),
+            ("color_hidden_layers", self.color_hidden_layers >= 0, ">= 0"),
+            ("sh_degree", 1 <= self.sh_degree <= 4, "in 1..4"),
+            ("framecode_dim", self.framecode_dim >= 0, ">= 0 (0 = no appearance codes)"),
+            ("blend_margin", 0 < self.blend_margin <= 0.5, "in (0, 0.5] (a fraction of the box per side)"),
+        )
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"{name} = {getattr(self, name)!r} must be {expected}")
+        for name in ("box_pad", "torso_pad", "head_extent", "hand_extent", "foot_extent"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} = {getattr(self, name)!r} must be >= 0 (a fraction of the height)")
         if self.coarse_to_fine_steps < 0:
             raise ValueError(f"coarse_to_fine_steps = {self.coarse_to_fine_steps} must be >= 0 (0 = off)")
         if not 0 <= self.coarse_to_fine_start <= self.n_levels:
@@ -144,7 +167,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Values no run can use fail here, as one line naming the key (not as a traceback mid-training)."""
         positive = ("steps", "step_size", "rays_per_batch", "images_per_batch", "log_every", "chunk_rays",
-                    "eval_frames", "decay_steps", "occ_resolution", "decay_rate", "pose_lr_decay_rate")  # fmt: skip
+                    "eval_frames", "decay_steps", "occ_resolution", "decay_rate", "pose_lr_decay_rate", "adam_eps",
+                    "pose_step_every", "max_bad_steps")  # fmt: skip
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} = {getattr(self, name)!r} must be > 0")
@@ -270,11 +294,27 @@ def load_preset(name_or_path: str) -> RunConfig:
     )
 
 
+# The ``[train]`` keys that ``fast-anerf train`` flags set (with_overrides), and the flags' names.
+TRAIN_FLAGS = {
+    "field": "--field", "steps": "--steps", "max_minutes": "--max-minutes", "seed": "--seed",
+    "eval_every": "--eval-every", "gt_poses": "--gt-poses", "refine_poses": "--refine-poses",
+    "pose_stop": "--pose-stop", "temp_coef": "--temp-coef", "pose_lr_decay_rate": "--pose-lr-decay",
+    "multiview": "--multiview", "backend": "--backend", "device": "--device",
+}  # fmt: skip
+
+
 def with_overrides(config: RunConfig, **train_overrides: Any) -> RunConfig:
-    """Replace the given ``TrainConfig`` fields, ignoring ``None`` values (CLI flags left unset)."""
+    """Replace the given ``TrainConfig`` fields (keys of ``TRAIN_FLAGS``), ignoring ``None`` values (flags left
+    unset). A value no run can use is one line naming its flag."""
     changes = {k: v for k, v in train_overrides.items() if v is not None}
     try:
         return dataclasses.replace(config, train=replace(config.train, **changes))
-    except ValueError as error:  # TrainConfig's checks: e.g. --steps -1
-        raise UserError(f"{error} (set by --{'/--'.join(k.replace('_', '-') for k in changes)} or the preset); "
-                        "fix that value") from None  # fmt: skip
+    except ValueError as error:  # TrainConfig's checks: e.g. --steps -1, or --steps below the preset's batch
+        culprits = []
+        for key, value in changes.items():
+            try:
+                replace(config.train, **{key: value})
+            except ValueError:
+                culprits.append(TRAIN_FLAGS.get(key, key))
+        by = ", ".join(culprits) if culprits else "these flags with the preset"
+        raise UserError(f"{error} (set by {by}); fix that value") from None

@@ -8,6 +8,7 @@ pixels of the ground-truth mask only, the hardest number.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -192,31 +193,37 @@ def default_eval_data(ckpt: dict, ckpt_path: Path) -> Path:
     return folder
 
 
-def _is_json(path: Path) -> bool:
-    """Whether ``path`` may be replaced by ``--json``: empty, or text starting as a JSON object or list (an earlier
-    metrics file); a checkpoint (zip) or an .h5 starts otherwise. Reads the first 4 KB only."""
+def _is_eval_output(path: Path) -> bool:
+    """Whether ``path`` may be replaced by ``--json``: empty, or an earlier ``fast-anerf eval --json`` output (a
+    JSON object with ``checkpoint`` and ``splits``). Not a checkpoint or an .h5, nor a training run's own
+    ``eval.json`` (its config and timings would be lost), nor any other JSON a user keeps. Reads small files only."""
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(4096).lstrip()
-    except OSError:
+        if path.stat().st_size == 0:
+            return True
+        if path.stat().st_size > 64 << 20:
+            return False
+        obj = json.loads(path.read_bytes())
+    except (OSError, ValueError):
         return False
-    return head == b"" or head[:1] in (b"{", b"[")
+    return isinstance(obj, dict) and "checkpoint" in obj and "splits" in obj
 
 
 def run_eval(args) -> dict:
     """``fast-anerf eval``: metrics of a checkpoint on held-out splits, to screen and JSON."""
     from fast_anerf.model import load_character
     from fast_anerf.renderer import RenderSettings
-    from fast_anerf.run_files import write_json_atomic
+    from fast_anerf.run_files import probe_writable, write_json_atomic
     from fast_anerf.run_setup import pick_device
 
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError(f"--max-frames {args.max_frames}: expected at least 1 frame per split (or leave it out)")
     if args.json is not None and Path(args.json).is_dir():  # found now, not after minutes of rendering
         raise UserError(f"{args.json}: is a folder; --json is the file the metrics go to, e.g. {args.json}/eval.json")
-    if args.json is not None and Path(args.json).is_file() and not _is_json(Path(args.json)):
-        raise UserError(f"{args.json}: exists and is not a JSON file (a checkpoint, data?); --json would replace it "
-                        "— choose another path")  # fmt: skip
+    if args.json is not None and Path(args.json).is_file() and not _is_eval_output(Path(args.json)):
+        raise UserError(f"{args.json}: exists and is not an earlier output of eval --json (a checkpoint, data, a "
+                        "run's eval.json?); --json would replace it — choose another path")  # fmt: skip
+    if args.json is not None:
+        probe_writable(Path(args.json))
     device = pick_device(args.device)
     model, ckpt = load_character(args.ckpt, device=device, backend=args.backend)
     model.eval()

@@ -18,6 +18,7 @@ finished windows and ``--resume`` continues with the next, to the same result as
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 from fast_anerf.data.split import RayPool, check_sampling_masks, load_split
-from fast_anerf.errors import CheckpointError, UserError, refuse_to_replace
+from fast_anerf.errors import CheckpointError, UserError, refuse_to_replace, writing
 from fast_anerf.model import CHECKPOINT_NAME, load_character
 from fast_anerf.pose import PoseRefiner, RefinablePoses, multiview_time_ids, pose_row_paths
 from fast_anerf.pose_io import export_refined_poses
@@ -115,7 +116,7 @@ class Progress:
 def run_refine(args) -> dict:
     """Refine the poses of ``args.data`` against the frozen model of ``args.ckpt``; see the module docstring.
     Returns the report (also written to ``refine_report.json``); ``{"interrupted": True}`` after Ctrl-C."""
-    from fast_anerf.run_files import write_json_atomic
+    from fast_anerf.run_files import check_folder_free, folder_lock, write_json_atomic
     from fast_anerf.run_setup import pick_device
 
     out = Path(args.out)
@@ -132,6 +133,7 @@ def run_refine(args) -> dict:
     if out.exists() and not out.is_dir():  # found now, not after the refinement
         raise UserError(f"{out}: is a file; --out is the folder refined.h5 and the report go to — choose another")
     refuse_to_replace(out / "refined.h5", args.overwrite)
+    check_folder_free(out, "refine")
     progress_path = out / PROGRESS_NAME
     if args.resume and not progress_path.is_file():
         raise UserError(f"{out}: no interrupted refinement to resume (no {PROGRESS_NAME}); drop --resume")
@@ -164,32 +166,43 @@ def run_refine(args) -> dict:
     print(f"{model.describe()}\nrefining {poses.n_poses} poses of {args.data} ({split.n_images} images) in "
           f"{len(windows)} window(s) of <= {args.window} images, {args.steps} steps each, on {device}"
           + (f"; resuming after window {progress.windows_done}" if progress.windows_done else ""))  # fmt: skip
-    start = time.perf_counter()
-    for k in range(progress.windows_done, len(windows)):
-        try:
-            _refine_window(model, split, refiner, windows[k], args, settings_render, device, k, len(windows))
-        except KeyboardInterrupt:
-            if k:
-                print(f"\nCtrl-C: {k} of {len(windows)} windows are saved in {progress_path}; the same command with "
-                      "--resume continues", flush=True)  # fmt: skip
-            else:
-                print("\nCtrl-C: no window was finished, nothing saved; the same command starts again", flush=True)
-            return {"interrupted": True}
-        progress.windows_done, progress.poses = k + 1, poses.state_dict()
-        if k + 1 < len(windows):
-            progress.save(progress_path)
-    refined = poses.export()
-    report: dict = {"checkpoint": str(args.ckpt), "data": str(args.data), "steps": args.steps,
-                    "windows": len(windows), "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
-    errors = refinement_errors(split, refined["kp3d"])
-    if errors is None:
-        print("no gt_kp3d with 24 joints in the data: pose errors not computed")
-    report.update(errors or {})
-    report["refined_poses"] = str(export_refined_poses(split.path, out / "refined.h5", refined))
-    write_json_atomic(out / "refine_report.json", report)
-    progress_path.unlink(missing_ok=True)
-    print(f"wrote {out / 'refined.h5'} and {out / 'refine_report.json'}")
-    return report
+    made_out = not out.exists()
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    try:
+        with folder_lock(out, "refine"):  # a second refine into OUT is refused: their progress files would mix
+            start = time.perf_counter()
+            for k in range(progress.windows_done, len(windows)):
+                try:
+                    _refine_window(model, split, refiner, windows[k], args, settings_render, device, k, len(windows))
+                except KeyboardInterrupt:
+                    if k:
+                        print(f"\nCtrl-C: {k} of {len(windows)} windows are saved in {progress_path}; the same command "
+                              "with --resume continues", flush=True)  # fmt: skip
+                    else:
+                        print(
+                            "\nCtrl-C: no window was finished, nothing saved; the same command starts again", flush=True
+                        )
+                    return {"interrupted": True}
+                progress.windows_done, progress.poses = k + 1, poses.state_dict()
+                if k + 1 < len(windows):
+                    progress.save(progress_path)
+            refined = poses.export()
+            report: dict = {"checkpoint": str(args.ckpt), "data": str(args.data), "steps": args.steps,
+                            "windows": len(windows), "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+            errors = refinement_errors(split, refined["kp3d"])
+            if errors is None:
+                print("no gt_kp3d with 24 joints in the data: pose errors not computed")
+            report.update(errors or {})
+            report["refined_poses"] = str(export_refined_poses(split.path, out / "refined.h5", refined))
+            write_json_atomic(out / "refine_report.json", report)
+            progress_path.unlink(missing_ok=True)
+            print(f"wrote {out / 'refined.h5'} and {out / 'refine_report.json'}")
+            return report
+    finally:
+        if made_out:  # a refinement that saved nothing (Ctrl-C or an error in window 1) leaves no empty folder
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty
 
 
 def _refine_window(model, split, refiner: PoseRefiner, images: torch.Tensor, args, settings, device, k: int,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import threading
 import uuid
@@ -19,7 +20,7 @@ from typing import IO
 import imageio.v3 as iio
 import numpy as np
 
-from fast_anerf.errors import writing
+from fast_anerf.errors import UserError, writing
 
 
 @contextlib.contextmanager
@@ -60,10 +61,67 @@ def atomic_file(path: Path, mode: str = "wb", durable: bool = False) -> Iterator
         yield handle
 
 
+@contextlib.contextmanager
+def folder_lock(folder: Path, command: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` while a command writes its outputs there: a second ``train`` (or
+    ``refine``) into the same folder is refused at once, instead of both replacing each other's checkpoints.
+    ``flock`` on the folder itself: no lock file to leave behind, and the kernel drops the lock when the process
+    ends, however it ends. Where ``fcntl`` is missing (not POSIX), nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{folder}: another fast-anerf {command} is writing to this folder; wait for it to end, "
+                            "or choose another --out") from None  # fmt: skip
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def check_folder_free(folder: Path, command: str) -> None:
+    """Fail fast, before any work, if another process holds ``folder_lock`` on an existing ``folder``."""
+    if Path(folder).is_dir():
+        with folder_lock(Path(folder), command):
+            pass
+
+
 def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON under a temporary name and rename; an ``OSError`` becomes a one-line ``OutputError``."""
+    """Write JSON under a temporary name and rename; an ``OSError`` becomes a one-line ``OutputError``. NaN and
+    infinities (a metric of a split without foreground pixels) are written as ``null``: ``NaN`` is not JSON, and
+    strict readers (JavaScript's ``JSON.parse``, ``jq``) refuse the whole file."""
     with atomic_file(path, "w") as handle:
-        json.dump(obj, handle, indent=2)
+        json.dump(_finite_or_null(obj), handle, indent=2, allow_nan=False)
+
+
+def _finite_or_null(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_null(v) for v in obj]
+    return obj
+
+
+class _Probe(Exception):
+    """Raised inside ``atomic_path`` by ``probe_writable`` to drop its empty file."""
+
+
+def probe_writable(path: Path) -> None:
+    """Fail now, in one line (``OutputError``), if ``path`` could not be written later: found before minutes of
+    work rather than after. Leaves nothing behind (no file, no folders made for it)."""
+    try:
+        with atomic_path(Path(path)) as tmp:
+            tmp.write_bytes(b"")
+            raise _Probe
+    except _Probe:
+        pass
 
 
 def write_png_atomic(path: Path, image: np.ndarray) -> None:

@@ -24,10 +24,11 @@ from fast_anerf.evaluate import evaluate_split, find_eval_splits, format_table, 
 from fast_anerf.model import CHECKPOINT_NAME, Character, load_character, read_checkpoint, save_checkpoint
 from fast_anerf.pose import PoseRefiner, RefinablePoses, multiview_time_ids, pose_row_paths
 from fast_anerf.renderer import RenderSettings, render_rays
-from fast_anerf.run_files import summary_writer, write_json_atomic, write_png_atomic
+from fast_anerf.run_files import check_folder_free, folder_lock, summary_writer, write_json_atomic, write_png_atomic
 from fast_anerf.run_setup import (
     data_fingerprint,
     default_rest_pose,
+    images_digest,
     pick_device,
     refuse_changed_settings,
     resolve_data,
@@ -63,6 +64,17 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
     return bool(torch.isfinite(torch.stack([t.sum(dtype=torch.float32) for t in tensors])).all())
 
 
+REFINED_POSES_NAME = "refined_poses.h5"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (through links or relative paths); False when either is missing."""
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
 def photometric_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "l1":
         return (pred - target).abs().mean()
@@ -82,15 +94,23 @@ class Trainer:
         self.out = Path(args.out)
         self.ckpt_path = self.out / CHECKPOINT_NAME
         resume_state = None
+        check_folder_free(self.out, "train")
+        self.resuming = bool(args.resume)
         if args.resume:
+            if not self.out.is_dir():
+                raise UserError(f"{self.out}: no such run folder to resume; pass the --out of the run (the folder "
+                                f"holding {CHECKPOINT_NAME})")  # fmt: skip
             if not self.ckpt_path.is_file():
                 raise CheckpointError(f"{self.ckpt_path}: no checkpoint to resume from (the run stopped before its "
                                       "first checkpoint); start it again without --resume")  # fmt: skip
             resume_state = read_checkpoint(self.ckpt_path)
             config = RunConfig.from_checkpoint(resume_state["config"], source=str(self.ckpt_path))
-            refuse_changed_settings(args, config, self.ckpt_path)
+            refuse_changed_settings(args, config, self.ckpt_path, load_preset(args.preset) if args.preset else None)
             stored = resume_state.get("data")
             data_arg = args.data if args.data is not None or not stored else Path(stored)
+            if args.data is None and stored and not Path(stored).exists():
+                raise UserError(f"{self.ckpt_path}: the run's data {stored} is gone (moved?); pass its new place "
+                                "with --data")  # fmt: skip
         else:
             if self.ckpt_path.exists():
                 raise UserError(f"{self.ckpt_path} exists; pass --resume to continue it or choose another --out")
@@ -109,8 +129,10 @@ class Trainer:
             temp_coef=args.temp_coef,
             pose_lr_decay_rate=args.pose_lr_decay,
             multiview=True if args.multiview else None,
-            backend=args.backend if args.backend != "auto" else None,
-            device=args.device if args.device != "auto" else None,
+            # Where it runs is not part of the run: a run started on a GPU (device cuda, backend tcnn) resumes on a
+            # CPU with the default auto, which a stored "cuda" would refuse there.
+            backend=args.backend if args.backend != "auto" or args.resume else None,
+            device=args.device if args.device != "auto" or args.resume else None,
         )
         self.config = config
         cfg = config.train
@@ -127,10 +149,14 @@ class Trainer:
         self.split = load_split(self.train_path, keep_masks=False)
         self.data_fingerprint = data_fingerprint(self.split)
         stored_fingerprint = resume_state.get("data_fingerprint") if resume_state is not None else None
-        if stored_fingerprint not in (None, self.data_fingerprint):  # None: a checkpoint of an older version
-            raise UserError(f"{self.ckpt_path}: {self.train_path} is not the data this run trained on (other images "
-                            f"or poses); pass the run's own --data ({resume_state.get('data')}), or start a new "
-                            "run in another --out")  # fmt: skip
+        self.images_digest = images_digest(self.split)
+        stored_images = resume_state.get("images_digest") if resume_state is not None else None
+        for stored, now, what in ((stored_fingerprint, self.data_fingerprint, "other poses or image count"),
+                                  (stored_images, self.images_digest, "other images or masks")):  # fmt: skip
+            if stored not in (None, now):  # None: a checkpoint of an older version
+                raise UserError(f"{self.ckpt_path}: {self.train_path} is not the data this run trained on ({what}); "
+                                f"pass the run's own --data ({resume_state.get('data')}), or start a new run in "
+                                "another --out")  # fmt: skip
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.model = Character(config, default_rest_pose(self.split), self.split.n_images, backend=cfg.backend)
@@ -150,6 +176,9 @@ class Trainer:
             raise UserError("--gt-poses trains on the file's true poses, --refine-poses on refines its estimated ones; "
                             "drop one of the two flags")  # fmt: skip
         self.refiner = self._make_refiner() if wants_pose_refinement(cfg, self.split) else None
+        if self.refiner is not None and _same_file(self.train_path, self.out / REFINED_POSES_NAME):
+            raise UserError(f"{self.train_path}: the run would write its refined poses over its own --data; copy the "
+                            "file elsewhere or choose another --out")  # fmt: skip
         if resume_state is not None and resume_state.get("poses") is not None and self.refiner is None:
             asked = f"--refine-poses {args.refine_poses}" if args.refine_poses else "this --data"
             raise UserError(f"{self.ckpt_path}: the run refines its poses; resuming without refinement ({asked}) "
@@ -228,6 +257,7 @@ class Trainer:
             cuda_rng=torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             data=str(self.train_path.resolve()),  # absolute: eval / render / view run from anywhere
             data_fingerprint=self.data_fingerprint,
+            images_digest=self.images_digest,
             eval_data=str(self.eval_dir.resolve()) if self.eval_dir is not None else None,
             history=self.history,
             poses=self.refiner.state_dict() if self.refiner is not None else None,
@@ -330,16 +360,20 @@ class Trainer:
     def run(self) -> dict:
         """Train, checkpoint, evaluate. The data is in memory by now, so an ``OSError`` (a full disk, TensorBoard's
         writer failing) is an output problem: one line naming OUT, and the last checkpoint stays as it was."""
-        with writing(self.out):
+        with writing(self.out):  # an unwritable OUT fails now, in one line, not at the first checkpoint
+            self.out.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=self.out).close()
+        # Held for the whole run: another train into this folder is refused (their checkpoints would replace
+        # each other); checked again here, since both may have passed the check in __init__ at once.
+        with writing(self.out), folder_lock(self.out, "train"):
+            if not self.resuming and self.ckpt_path.exists():
+                raise UserError(f"{self.ckpt_path} exists; pass --resume to continue it or choose another --out")
+            for stale in self.out.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # left by a killed run mid-save
+                stale.unlink(missing_ok=True)
             return self._run()
 
     def _run(self) -> dict:
         cfg = self.config.train
-        with writing(self.out):  # an unwritable OUT fails now, in one line, not at the first checkpoint
-            self.out.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=self.out).close()
-            for stale in self.out.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # left by a killed run mid-save
-                stale.unlink(missing_ok=True)
         writer = summary_writer(self.out / "tb")
         print(
             f"{self.model.describe()}\ndevice {self.device}; data {self.train_path} "
@@ -425,7 +459,7 @@ class Trainer:
         from fast_anerf.pose_metrics import refinement_errors
 
         refined = self.refiner.poses.export()
-        path = export_refined_poses(self.train_path, self.out / "refined_poses.h5", refined)
+        path = export_refined_poses(self.train_path, self.out / REFINED_POSES_NAME, refined)
         result: dict = {"refined_poses": str(path)}
         result.update(refinement_errors(self.split, refined["kp3d"]) or {})
         print(f"refined poses: {path}")

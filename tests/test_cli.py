@@ -70,8 +70,8 @@ def test_mistakes_found_before_any_work(tmp_path, tiny_data, tiny_model, capsys)
     refine = ["refine", "--ckpt", ckpt, "--data", frames, "--device", "cpu", "--out"]
     cases = [
         (["eval", "--ckpt", ckpt, "--json", str(tmp_path / "a_folder")], "is a folder; --json is the file"),
-        (["eval", "--ckpt", ckpt, "--json", ckpt], "checkpoint.pt: exists and is not a JSON file"),
-        (["eval", "--ckpt", ckpt, "--json", frames], "test_pose.h5: exists and is not a JSON file"),
+        (["eval", "--ckpt", ckpt, "--json", ckpt], "checkpoint.pt: exists and is not an earlier output of eval"),
+        (["eval", "--ckpt", ckpt, "--json", frames], "test_pose.h5: exists and is not an earlier output of eval"),
         ([*refine, str(tmp_path / "a_file")], "is a file; --out is the folder refined.h5"),
         ([*refine, str(tmp_path / "r"), "--steps", "0"], "--steps 0: expected at least 1"),
         ([*refine, str(tmp_path / "r"), "--lr", "-1"], "--lr -1.0: expected a learning rate >= 0"),

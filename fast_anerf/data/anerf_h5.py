@@ -177,7 +177,7 @@ class AnerfData:
         """Read (part of) a dataset; HDF5 read failures become DataError naming the key."""
         try:
             return self._file[key][index]
-        except (OSError, RuntimeError) as e:
+        except (OSError, RuntimeError, KeyError) as e:  # KeyError: a listed name that a damaged header garbled
             raise _err(self.path, f"cannot read key '{key}' ({e}); the file is damaged — regenerate it") from None
 
     def _bad(self, key: str, problem: str, fix: str = _FIX) -> DataError:
