@@ -48,11 +48,11 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 import torch
-import trimesh
 
 from fast_anerf.cache import cache_dir
 from fast_anerf.data import motions
@@ -62,6 +62,9 @@ from fast_anerf.data.rays import bounding_cylinder, image_rays
 from fast_anerf.errors import UserError
 from fast_anerf.run_files import atomic_path
 from fast_anerf.skeleton import axis_angle_to_matrix, matrix_to_axis_angle, pose_skeleton
+
+if TYPE_CHECKING:
+    import trimesh
 
 FORMAT_VERSION = 1
 EXT_SCALE = 0.001
@@ -157,6 +160,8 @@ class Character:
 
     def shade(self, verts: np.ndarray) -> tuple[trimesh.Trimesh, np.ndarray]:
         """Posed mesh and per-vertex RGB in [0, 1] ``[V, 3]``: albedo x (ambient + diffuse), posed normals."""
+        import trimesh  # imported here: from-spin / to-spin use this module's skeleton only
+
         mesh = trimesh.Trimesh(verts, self.faces, process=False)
         diffuse = np.clip(mesh.vertex_normals @ LIGHT_DIR, 0.0, None)
         return mesh, self.albedo * (AMBIENT + (1 - AMBIENT) * diffuse)[:, None]
@@ -229,6 +234,8 @@ def render(
     Returns:
         rgb uint8 ``[H, W, 3]`` on white, mask bool ``[H, W]`` (the pixel's ray hits the mesh).
     """
+    import trimesh
+
     rays_o, rays_d = image_rays(torch.as_tensor(c2w), focal, (size / 2, size / 2), size, size)
     tri, ray, loc = mesh.ray.intersects_id(rays_o.numpy(), rays_d.numpy(), multiple_hits=False, return_locations=True)
     bary = trimesh.triangles.points_to_barycentric(mesh.triangles[tri], loc)  # [hits, 3]
