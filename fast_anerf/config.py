@@ -167,8 +167,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Values no run can use fail here, as one line naming the key (not as a traceback mid-training)."""
         positive = ("steps", "step_size", "rays_per_batch", "images_per_batch", "log_every", "chunk_rays",
-                    "eval_frames", "decay_steps", "occ_resolution", "decay_rate", "pose_lr_decay_rate", "adam_eps",
-                    "pose_step_every", "max_bad_steps")  # fmt: skip
+                    "eval_frames", "decay_steps", "occ_resolution", "decay_rate", "pose_lr_decay_rate")  # fmt: skip
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} = {getattr(self, name)!r} must be > 0")

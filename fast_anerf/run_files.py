@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -77,8 +78,11 @@ def folder_lock(folder: Path, command: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"{folder}: another fast-anerf {command} is writing to this folder; wait for it to end, "
-                            "or choose another --out") from None  # fmt: skip
+            raise UserError(f"{folder}: another fast-anerf run (train or refine) is writing to this folder; wait for "
+                            "it to end, or choose another --out") from None  # fmt: skip
+        except OSError as error:  # NFS (a folder is not open for writing), Lustre without -o flock: no locks there
+            print(f"warning: {folder}: cannot lock ({error.strerror}); a second {command} into this folder is not "
+                  "refused", file=sys.stderr)  # fmt: skip
         yield
     finally:
         os.close(fd)  # releases the lock

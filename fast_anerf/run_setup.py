@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fast_anerf.config import TRAIN_FLAGS, RunConfig, load_preset
+from fast_anerf.config import RunConfig, load_preset
 from fast_anerf.data.split import Split
 from fast_anerf.errors import UserError, folder_holds
 
@@ -98,7 +98,7 @@ def wants_pose_refinement(cfg, split: Split) -> bool:
 def refuse_changed_settings(args, stored: RunConfig, ckpt_path: Path, preset: RunConfig | None = None) -> None:
     """A resumed run keeps what defines its model: refuse ``--preset``, ``--field``, ``--seed``, ``--gt-poses``
     and ``--multiview`` when they differ from the checkpoint's config (``UserError`` naming the flag), and a
-    ``--preset`` whose tables differ from the run's (keys that flags set aside). ``preset``: that preset, loaded
+    ``--preset`` whose ``[field]`` / ``[anerf]`` differ from the run's. ``preset``: that preset, loaded
     (default: ``load_preset(args.preset)``)."""
     train = stored.train
     requested = {  # flag: (value asked for, config key, the run's value)
@@ -115,13 +115,9 @@ def refuse_changed_settings(args, stored: RunConfig, ckpt_path: Path, preset: Ru
                             "drop the flag, or start a new run in another --out")  # fmt: skip
     if args.preset:  # same name: a .toml elsewhere (or an edited one) may still define another model
         preset = preset if preset is not None else load_preset(args.preset)
-        tables = (("field", preset.fast, stored.fast), ("anerf", preset.anerf, stored.anerf),
-                  ("train", preset.train, stored.train))  # fmt: skip
+        tables = (("field", preset.fast, stored.fast), ("anerf", preset.anerf, stored.anerf))
         for table, wanted, kept in tables:
-            # Keys that flags set may differ (the run was started or is resumed with them); the rest would be
-            # silently ignored: the run keeps its checkpoint's settings.
-            flags = TRAIN_FLAGS if table == "train" else {}
-            changed = sorted(k for k, v in asdict(wanted).items() if v != getattr(kept, k) and k not in flags)
+            changed = sorted(k for k, v in asdict(wanted).items() if v != getattr(kept, k))
             if changed:
                 raise UserError(f"{ckpt_path}: --preset {args.preset} would change the run being resumed (its "
                                 f"[{table}] differs in {', '.join(changed)}); drop the flag, or start a new run in "

@@ -129,11 +129,17 @@ class Trainer:
             temp_coef=args.temp_coef,
             pose_lr_decay_rate=args.pose_lr_decay,
             multiview=True if args.multiview else None,
-            # Where it runs is not part of the run: a run started on a GPU (device cuda, backend tcnn) resumes on a
-            # CPU with the default auto, which a stored "cuda" would refuse there.
-            backend=args.backend if args.backend != "auto" or args.resume else None,
-            device=args.device if args.device != "auto" or args.resume else None,
+            backend=args.backend if args.backend != "auto" else None,
+            device=args.device if args.device != "auto" else None,
         )
+        if args.resume and not torch.cuda.is_available():
+            # A run started on a GPU (device cuda, backend tcnn) resumes on this CPU with the default flags; a
+            # stored "cuda" would refuse to run here. Choices that can run here are kept.
+            config = with_overrides(
+                config,
+                device="auto" if args.device == "auto" and config.train.device == "cuda" else None,
+                backend="auto" if args.backend == "auto" and config.train.backend == "tcnn" else None,
+            )
         self.config = config
         cfg = config.train
         self.device = pick_device(cfg.device)

@@ -441,6 +441,9 @@ def test_mask_rules_for_each_kind_of_mask():
     grey_alpha = np.zeros((1, 2, 2), np.uint8)
     grey_alpha[0, 0, 1] = 255
     assert binarize_mask(grey_alpha).tolist() == [[True, False]]
+    opaque_grey = np.full((1, 2, 2), 255, np.uint8)  # grey + alpha, opaque everywhere: the grey channel is the mask
+    opaque_grey[0, 1, 0] = 0
+    assert binarize_mask(opaque_grey).tolist() == [[True, False]]
 
 
 def test_keys_never_used_do_not_stop_the_conversion(spin_case, capsys):

@@ -53,11 +53,11 @@ def test_a_second_run_into_a_busy_folder_is_refused(tiny_data, tiny_model, small
     out.mkdir()
     with folder_lock(out, "train"):  # another process training there (flock: one per open file, as across processes)
         assert _train(tiny_data, out, small) == 2
-        assert _one_line(capsys).endswith(f"{out}: another fast-anerf train is writing to this folder; wait for it "
-                                          "to end, or choose another --out")  # fmt: skip
+        assert _one_line(capsys).endswith(f"{out}: another fast-anerf run (train or refine) is writing to this "
+                                          "folder; wait for it to end, or choose another --out")  # fmt: skip
         argv = ["refine", "--ckpt", tiny_model, "--data", tiny_data / "test_pose.h5", "--out", out, "--steps", "1"]
         assert entrypoint([str(a) for a in argv]) == 2
-        assert "another fast-anerf refine is writing to this folder" in _one_line(capsys)
+        assert "another fast-anerf run (train or refine) is writing" in _one_line(capsys)
     assert list(out.iterdir()) == []
     assert _train(tiny_data, out, small) == 0  # free again
     assert (out / "checkpoint.pt").is_file()
@@ -84,7 +84,6 @@ def test_a_run_started_on_a_gpu_resumes_on_this_cpu(tiny_data, small, tmp_path, 
         ("field", "framecode_dim = -1", "[field] framecode_dim = -1 must be >= 0"),
         ("field", "n_levels = 0", "[field] n_levels = 0 must be in 1..128"),
         ("field", "density_neurons = 0", "[field] density_neurons = 0 must be >= 1"),
-        ("train", "adam_eps = -1.0", "[train] adam_eps = -1.0 must be > 0"),
     ],
 )
 def test_preset_values_no_field_can_use_are_one_line(tiny_data, tmp_path, capsys, table, line, expect):
@@ -109,7 +108,7 @@ def test_the_run_never_writes_its_refined_poses_over_its_own_data(tiny_data, sma
     assert data.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["refined_poses.h5"]
 
 
-def test_resume_refuses_other_images_and_a_changed_preset(tiny_data, small, tmp_path, capsys):
+def test_resume_refuses_other_images(tiny_data, small, tmp_path, capsys):
     out = tmp_path / "run"
     assert _train(tiny_data, out, small) == 0
     inverted = tmp_path / "inverted.h5"  # the same poses, other pixels (re-extracted frames, say)
@@ -120,11 +119,6 @@ def test_resume_refuses_other_images_and_a_changed_preset(tiny_data, small, tmp_
     resume = ["train", "--out", str(out), "--resume", "--steps", "8"]
     assert entrypoint([*resume, "--data", str(inverted)]) == 2
     assert f"{inverted} is not the data this run trained on (other images or masks)" in _one_line(capsys)
-    other = tmp_path / "edited" / "small.toml"  # the same name, edited: it would be silently ignored
-    other.parent.mkdir()
-    other.write_text(SMALL.replace("rays_per_batch = 256", "rays_per_batch = 512"))
-    assert entrypoint([*resume, "--preset", str(other)]) == 2
-    assert "[train] differs in rays_per_batch); drop the flag" in _one_line(capsys)
     assert entrypoint([*resume, "--preset", str(small)]) == 0  # the run's own preset, and --steps, are fine
 
 

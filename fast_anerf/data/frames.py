@@ -26,7 +26,7 @@ def binarize_mask(mask: np.ndarray) -> np.ndarray:
     if m.ndim == 3 and m.shape[-1] in (2, 4) and m.size and m[..., -1].min() < m[..., -1].max():
         m = m[..., -1]
     elif m.ndim == 3:
-        m = m[..., :3].max(-1)
+        m = m[..., : 1 if m.shape[-1] == 2 else 3].max(-1)  # grey + opaque alpha: the grey channel
     if m.dtype.kind == "f" and m.max(initial=0) <= 1:  # a segmentation network's probabilities (or 0.0 / 1.0)
         return m >= 0.5
     if m.dtype == bool or m.max(initial=0) <= 1:

@@ -290,6 +290,8 @@ def _stored_params(path: Path) -> dict | None:
     try:
         with h5py.File(path, "r") as f:
             params = json.loads(_h5_text(f["synth_params"][()]))
+            if "synth_digest" not in f:  # written before the digest existed: trusted as before
+                return params
             if _h5_text(f["synth_digest"][()]) != _content_digest(f["kp3d"][()], f["img_shape"][()]):
                 return None
         return params
