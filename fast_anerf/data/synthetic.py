@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import colorsys
 import functools
-import hashlib
 import json
 import math
 import os
@@ -279,9 +278,12 @@ def noisy_poses(bones: np.ndarray, roots: np.ndarray, c2ws: np.ndarray, seed: in
 
 
 def _content_digest(kp3d: np.ndarray, img_shape) -> str:
-    """What makes a split file this very set: its image count and size and its poses (``kp3d [P, 24, 3]``)."""
-    head = json.dumps([int(x) for x in np.asarray(img_shape).ravel()]).encode()
-    return hashlib.sha256(head + np.ascontiguousarray(kp3d, np.float32).tobytes()).hexdigest()[:16]
+    """What makes a split file this very set: its image count and size and its poses (``kp3d [P, 24, 3]``), as
+    training's ``data_fingerprint`` tells a run's data apart."""
+    from fast_anerf.run_setup import fingerprint  # run_setup imports this module: not at the top
+
+    n_images, height, width = (int(x) for x in np.asarray(img_shape).ravel()[:3])
+    return fingerprint(n_images, height, width, kp3d)
 
 
 def _stored_params(path: Path) -> dict | None:
