@@ -269,6 +269,26 @@ def list_presets() -> list[str]:
 
 def load_preset(name_or_path: str) -> RunConfig:
     """Read a preset by name (``configs/<name>.toml``) or path into a ``RunConfig``."""
+    path, data = _read_preset(name_or_path)
+    return RunConfig.from_dict(
+        {
+            "preset": path.stem,
+            "train": data.get("train", {}),
+            "fast": data.get("field", {}),
+            "anerf": data.get("anerf", {}),
+        },
+        source=str(path),
+        fast_table="field",
+    )
+
+
+def preset_train_keys(name_or_path: str) -> set[str]:
+    """The ``[train]`` keys a preset file sets itself (the rest are ``TrainConfig``'s defaults)."""
+    return set(_read_preset(name_or_path)[1].get("train", {}))
+
+
+def _read_preset(name_or_path: str) -> tuple[Path, dict[str, Any]]:
+    """A preset's path and its TOML tables; one line naming the file when it is missing or not a preset."""
     path = Path(name_or_path)
     if not path.suffix:
         path = CONFIG_DIR / f"{name_or_path}.toml"
@@ -281,16 +301,7 @@ def load_preset(name_or_path: str) -> RunConfig:
     unknown_tables = sorted(set(data) - {"field", "anerf", "train"})
     if unknown_tables:
         raise UserError(f"{path}: unknown table(s) {unknown_tables}; use [field], [anerf] and [train]")
-    return RunConfig.from_dict(
-        {
-            "preset": path.stem,
-            "train": data.get("train", {}),
-            "fast": data.get("field", {}),
-            "anerf": data.get("anerf", {}),
-        },
-        source=str(path),
-        fast_table="field",
-    )
+    return path, data
 
 
 # The ``[train]`` keys that ``fast-anerf train`` flags set (with_overrides), and the flags' names.

@@ -5,13 +5,14 @@ may not change."""
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fast_anerf.config import RunConfig, load_preset
+from fast_anerf.config import TRAIN_FLAGS, RunConfig, load_preset, preset_train_keys
 from fast_anerf.data.split import Split
 from fast_anerf.errors import UserError, folder_holds
 
@@ -98,8 +99,9 @@ def wants_pose_refinement(cfg, split: Split) -> bool:
 def refuse_changed_settings(args, stored: RunConfig, ckpt_path: Path, preset: RunConfig | None = None) -> None:
     """A resumed run keeps what defines its model: refuse ``--preset``, ``--field``, ``--seed``, ``--gt-poses``
     and ``--multiview`` when they differ from the checkpoint's config (``UserError`` naming the flag), and a
-    ``--preset`` whose ``[field]`` / ``[anerf]`` differ from the run's. ``preset``: that preset, loaded
-    (default: ``load_preset(args.preset)``)."""
+    ``--preset`` whose ``[field]`` / ``[anerf]`` (or those four ``[train]`` keys) differ from the run's. Other
+    ``[train]`` values the preset sets and the run does not share are not used: a warning names them.
+    ``preset``: that preset, loaded (default: ``load_preset(args.preset)``)."""
     train = stored.train
     requested = {  # flag: (value asked for, config key, the run's value)
         "--preset": (Path(args.preset).stem if args.preset else None, "preset", stored.preset),
@@ -122,3 +124,25 @@ def refuse_changed_settings(args, stored: RunConfig, ckpt_path: Path, preset: Ru
                 raise UserError(f"{ckpt_path}: --preset {args.preset} would change the run being resumed (its "
                                 f"[{table}] differs in {', '.join(changed)}); drop the flag, or start a new run in "
                                 "another --out")  # fmt: skip
+        _unused_train_values(args, preset, stored, ckpt_path)
+
+
+def _unused_train_values(args, preset: RunConfig, stored: RunConfig, ckpt_path: Path) -> None:
+    """``--resume --preset X`` where X's ``[train]`` was edited since the run began: the run keeps its own
+    values (its checkpoint's), so say which of X's are not used, and the flag that would set each one."""
+    given = {key for key, flag in TRAIN_FLAGS.items()  # an unset flag is None (False for a switch)
+             if getattr(args, flag[2:].replace("-", "_"), None) not in (None, False)}  # fmt: skip
+    differ = sorted(k for k in preset_train_keys(args.preset) - given
+                    if getattr(preset.train, k) != getattr(stored.train, k))  # fmt: skip
+    defining = [k for k in differ if k in ("field", "seed", "gt_poses", "multiview")]
+    if defining:
+        raise UserError(f"{ckpt_path}: --preset {args.preset} would change the run being resumed (its [train] "
+                        f"differs in {', '.join(defining)}); drop the flag, or start a new run in another "
+                        "--out")  # fmt: skip
+    if differ:
+        values = ", ".join(f"{k} = {getattr(preset.train, k)!r} (the run's: {getattr(stored.train, k)!r})"
+                           for k in differ)  # fmt: skip
+        flags = [TRAIN_FLAGS[k] for k in differ if k in TRAIN_FLAGS]
+        how = f"; pass {', '.join(flags)} to change {'it' if len(flags) == 1 else 'them'}" if flags else ""
+        print(f"warning: --preset {args.preset}: [train] {values} not used: a resumed run keeps its own [train] "
+              f"values{how}", file=sys.stderr)  # fmt: skip

@@ -122,6 +122,29 @@ def test_resume_refuses_other_images(tiny_data, small, tmp_path, capsys):
     assert entrypoint([*resume, "--preset", str(small)]) == 0  # the run's own preset, and --steps, are fine
 
 
+def test_resume_with_an_edited_preset_names_what_it_does_not_use(tiny_data, small, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(tiny_data, out, small) == 0
+    edited = tmp_path / "edited" / "small.toml"  # the same preset, its [train] edited after the run began
+    edited.parent.mkdir()
+    edited.write_text(SMALL.replace("steps = 6", "steps = 9").replace("log_every = 3", "log_every = 2"))
+    capsys.readouterr()
+    resume = ["train", "--out", str(out), "--resume", "--preset", str(edited)]
+    assert entrypoint(resume) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (f"warning: --preset {edited}: [train] log_every = 2 (the run's: 3), steps = 9 "
+                                    "(the run's: 6) not used: a resumed run keeps its own [train] values; pass "
+                                    "--steps to change it")  # fmt: skip
+    assert "trained 6 steps" in captured.out  # the run's own 6, not the preset's 9
+    assert entrypoint([*resume, "--steps", "9"]) == 0  # the flag sets it; log_every is still named
+    captured = capsys.readouterr()
+    assert "log_every = 2" in captured.err and "steps = 9" not in captured.err and "trained 9 steps" in captured.out
+    edited.write_text(SMALL + "seed = 7\ngt_poses = true\n")  # keys that define the model: refused as flags
+    assert entrypoint(resume) == 2
+    assert _one_line(capsys).endswith("its [train] differs in gt_poses, seed); drop the flag, or start a new run in "
+                                      "another --out")  # fmt: skip
+
+
 def test_resume_messages_name_the_real_problem(tiny_data, small, tmp_path, capsys):
     assert entrypoint(["train", "--out", str(tmp_path / "typo"), "--resume"]) == 2
     assert _one_line(capsys).endswith(f"{tmp_path / 'typo'}: no such run folder to resume; pass the --out of the "
