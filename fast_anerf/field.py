@@ -172,6 +172,10 @@ class FastField(nn.Module):
         training step), occupancy updates and rendering.
         """
         occ = self.blend_mask if masked else None
+        # The tables are float32 (tcnn's layout): float64 samples (rays built in double) are encoded in float32,
+        # as the C path does, rather than mixing dtypes in the blend below.
+        x_local = x_local.to(torch.float32)
+        d_local = d_local.to(torch.float32) if d_local is not None else None
         if self.fuse_no_grad and not torch.is_grad_enabled() and self.grid.backend_name == "cpu":
             *args, mask = self._kernel_inputs(occ)
             blended, weight_sum, d_sum = blend_encode_cpu(x_local, d_local, *args, mask=mask)

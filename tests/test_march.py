@@ -90,6 +90,25 @@ def test_all_occupied_grid_equals_box_marching():
     torch.testing.assert_close(t_ends, ref[2], rtol=0, atol=1e-12)
 
 
+def test_stratified_samples_are_jittered_per_bin_as_anerf():
+    """A-NeRF's sample_from_lineseg: each of the N samples uniform in its own bin of [near, far] (not one shift
+    per ray); unjittered, the bins' centres."""
+    t_in, t_out, hit = torch.tensor([[1.0], [2.0]]), torch.tensor([[3.0], [5.0]]), torch.tensor([[True], [True]])
+    n = 64
+    ray_idx, t_starts, t_ends = march_boxes(t_in, t_out, hit, torch.ones(2), n_samples=n, stratified=True,
+                                            generator=torch.Generator().manual_seed(0))  # fmt: skip
+    mid = (0.5 * (t_starts + t_ends)).view(2, n)
+    width = (t_out - t_in) / n  # [2, 1]
+    offset = (mid - t_in - torch.arange(n) * width) / width  # where in its bin each sample lies, [0, 1)
+    assert torch.equal(ray_idx, torch.arange(2).repeat_interleave(n))
+    assert ((offset >= 0) & (offset < 1)).all()
+    assert offset.std(dim=1).min() > 0.2  # independent per bin (uniform: 0.29); one shift per ray gives 0
+    torch.testing.assert_close(t_ends - t_starts, width.expand(2, n).reshape(-1))
+    _, starts, ends = march_boxes(t_in, t_out, hit, torch.ones(2), n_samples=n)
+    centres = t_in + (torch.arange(n) + 0.5) * width
+    torch.testing.assert_close((0.5 * (starts + ends)).view(2, n), centres)
+
+
 def test_empty_grid_gives_no_samples():
     occ, skts, rays_o, rays_d = _scene(occupied=0.0)
     (ray_idx, t_starts, _), _ = _march(occ, skts, rays_o, rays_d, 0.02)

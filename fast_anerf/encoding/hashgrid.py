@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from fast_anerf.encoding.backend import check_backend, resolve_backend, tcnn_module
-from fast_anerf.encoding.hashgrid_cpu import hashgrid_cpu
+from fast_anerf.encoding.hashgrid_cpu import hashgrid_cpu, require_float32
 
 PRIMES = (1, 2654435761, 805459861)  # tcnn CoherentPrime for dims 0..2 (§A4)
 MAX_DENSE_RES = 1625  # tcnn MAX_BASES[3]: above it the dense stride is 0xFFFFFFFF (always hashed)
@@ -357,6 +357,7 @@ def hashgrid_torch(
     """
     # Without a backward to come (rendering, the visibility pass) nothing needs saving: ~76 B x L per point less.
     save_corners = save_corners and torch.is_grad_enabled() and (x.requires_grad or params.requires_grad)
+    require_float32(params)
     return _HashGridFunction.apply(x, bone_ids, params, config, save_corners, inplace_grad)
 
 

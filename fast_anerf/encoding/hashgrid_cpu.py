@@ -71,6 +71,14 @@ def cpu_kernels_available() -> bool:
     return load_kernels()[0] is not None
 
 
+def require_float32(params: Tensor) -> None:
+    """The tables are float32, as tiny-cuda-nn's: the kernels read them as such (a float64 or float16 table would be
+    read as other numbers, or past its end), so another dtype (``model.double()``, ``.half()``) is an error."""
+    if params.dtype != torch.float32:
+        raise TypeError(f"hash-grid parameters must be float32 (tiny-cuda-nn's layout), got {params.dtype}; keep "
+                        "the encoding in float32 (do not call .double() / .half() on the model)")  # fmt: skip
+
+
 @functools.lru_cache(maxsize=32)
 def _level_arrays(config) -> tuple[Tensor, ...]:
     """Per-level constants as C arrays (kept alive by the cache): scale, mult, dense, size, offset."""
@@ -109,7 +117,8 @@ class _HashGridCpuFunction(torch.autograd.Function):
         base = (bone_ids.index_select(0, order).to(torch.int64) * config.n_entries).contiguous()
         table = params.detach().contiguous()
         out_s = torch.empty(n, width, dtype=torch.float32)
-        jac_s = torch.empty(n, config.n_levels, 3, config.n_features_per_level) if ctx.needs_input_grad[0] else None
+        jac_shape = (n, config.n_levels, 3, config.n_features_per_level)
+        jac_s = torch.empty(jac_shape, dtype=torch.float32) if ctx.needs_input_grad[0] else None
         lv = _level_args(config)
         ptrs = (xs.data_ptr(), base.data_ptr(), table.data_ptr())
         outs = (out_s.data_ptr(), jac_s.data_ptr() if jac_s is not None else None)
@@ -147,6 +156,7 @@ class _HashGridCpuFunction(torch.autograd.Function):
 def hashgrid_cpu(x: Tensor, bone_ids: Tensor, params: Tensor, config, inplace_grad: bool = False) -> Tensor:
     """``hashgrid_torch`` through the fused C kernels: ``x [N, 3]`` float32 on the CPU, ``bone_ids [N]``,
     ``params [B, n_params]`` -> ``[N, L*F]``. Needs ``cpu_kernels_available()``."""
+    require_float32(params)
     return _HashGridCpuFunction.apply(x, bone_ids, params, config, inplace_grad)
 
 
@@ -174,6 +184,7 @@ def blend_encode_cpu(
         ``features [N, L*F]`` (weighted mean over the bones), ``weight_sum [N]``, ``d_blend [N, 3]`` (weighted
         sum of directions, not normalised) or None without ``d_local``.
     """
+    require_float32(params)
     lib = load_kernels()[0]
     n = x_local.shape[0]
     x = x_local.detach().to(torch.float32).contiguous()

@@ -56,8 +56,8 @@ def box_intervals(
     lib = load_library(MARCH_SOURCE, _MARCH_SIGNATURE)[0]
     o, d, lo, hi = (t.detach().contiguous() for t in tensors)
     n_rays, n_bones = o.shape[:2]
-    t_in = torch.empty(n_rays, n_bones)
-    t_out = torch.empty(n_rays, n_bones)
+    t_in = torch.empty(n_rays, n_bones, dtype=torch.float32)  # the C loop writes float32, whatever the default
+    t_out = torch.empty(n_rays, n_bones, dtype=torch.float32)
     hit = torch.empty(n_rays, n_bones, dtype=torch.bool)
     ptrs = [t.data_ptr() for t in (o, d, lo, hi, t_in, t_out, hit)]
     lib.ray_box_intervals(pieces_for(lib, n_rays, 16 * MIN_RAYS_PER_THREAD), 0, n_rays, n_bones, *ptrs)
@@ -123,15 +123,16 @@ def march_boxes(
     device = t_in.device
     near, far, any_hit = ray_span(t_in, t_out, hit)
     if n_samples > 0:
-        # A-NeRF's stratified sampling: one sample per bin, at a jittered position inside it.
+        # A-NeRF's stratified sampling (sample_from_lineseg): one sample per bin, each at its own uniformly
+        # random place inside it (one offset per ray would make every ray's samples a shifted regular grid).
         dt = (far - near) / n_samples  # [R]
         if stratified:
-            jitter = torch.rand(n_rays, generator=generator, device="cpu").to(device)
+            jitter = torch.rand(n_rays, n_samples, generator=generator, device="cpu").to(device=device, dtype=dt.dtype)
         else:
-            jitter = torch.full((n_rays,), 0.5, device=device)
+            jitter = torch.full((n_rays, 1), 0.5, device=device, dtype=dt.dtype)
         k = torch.arange(n_samples, device=device, dtype=t_in.dtype)
         t_starts = near[:, None] + k[None, :] * dt[:, None]
-        mid = t_starts + jitter[:, None] * dt[:, None]
+        mid = t_starts + jitter * dt[:, None]
     else:
         anchor, dt, n_cand = _fixed_step_grid(
             near, far, ray_scale, step, _jitter(n_rays, stratified, generator, near), max_candidates
@@ -201,7 +202,8 @@ def march_occupied(
         ray_indices, k_idx = _occupied_nerfacc(
             t_in, hit, ray_scale, origins, directions, occupancy, step, anchor, dt, far, any_hit, n_cand
         )
-    elif backend in ("cpu", "auto") and _cpu_march_usable(t_in, origins):
+    elif backend in ("cpu", "auto") and _cpu_march_usable(t_in, t_out, origins, directions, anchor, dt, far,
+                                                          occupancy.box_min, occupancy.box_size):  # fmt: skip
         ray_indices, k_idx = _occupied_cpu(t_in, t_out, hit, origins, directions, occupancy, anchor, dt, far, n_cand)
     elif backend == "cpu":
         why = load_library(MARCH_SOURCE, _MARCH_SIGNATURE)[1] or "it needs float32 CPU tensors"
