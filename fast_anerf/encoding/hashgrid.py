@@ -387,10 +387,12 @@ class MultiBoneHashGrid(nn.Module):
         backend: ``"auto"`` (tcnn on CUDA when importable, the fused C kernels on the CPU when they build,
             else torch), ``"torch"``, ``"cpu"`` or ``"tcnn"`` (``UserError`` when the one asked for cannot run).
         init_scale: params start ``U(-init_scale, init_scale)`` (tcnn uses 1e-4).
-        inplace_grad: torch backend only. When ``params.grad`` already exists (train with
+        inplace_grad: torch and cpu backends. When ``params.grad`` already exists (train with
             ``optimizer.zero_grad(set_to_none=False)``), backward adds into it instead of allocating a fresh
             dense ``[n_bones, n_params]`` gradient (~0.3-0.6 s of page faults per step at 24 x 2^19 on CPU).
-            Do not combine with ``torch.autograd.grad`` w.r.t. ``params``.
+            Do not combine with ``torch.autograd.grad`` or ``backward(inputs=...)`` while ``params`` require
+            grad: a backward cannot tell which gradients its caller wants, so it adds the table's into
+            ``params.grad`` even when only ``x``'s was asked for (freeze the grid first, as ``refine`` does).
 
     ``params`` ``[n_bones, n_params]`` fp32 is the only state; row ``b`` is a tcnn ``Encoding`` params vector.
     """
