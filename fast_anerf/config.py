@@ -34,7 +34,7 @@ class FastFieldConfig:
     n_features_per_level: int = 2
     log2_hashmap_size: int = 14
     base_resolution: int = 4
-    per_level_scale: float = 1.5
+    per_level_scale: float = 1.49999  # not 1.5: no integral level scales (configs/demo.toml says why)
     # MLPs (tiny-cuda-nn layout, no biases).
     geo_feature_dim: int = 15  # extra outputs of the density MLP that feed the colour MLP
     density_neurons: int = 64

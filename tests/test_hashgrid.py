@@ -233,6 +233,19 @@ def test_module_interface_and_errors():
     assert set(grid.state_dict()) == {"params"}
 
 
+def test_no_preset_puts_a_level_on_a_whole_number_scale():
+    """Levels whose scale is a whole number reached through exp2f of a fraction (specs §A2) may get another
+    resolution from tcnn on a GPU than from the CPU backends: no preset has one, whatever its grid."""
+    from fast_anerf.config import FastFieldConfig, list_presets, load_preset
+
+    assert HashGridConfig(n_levels=8, base_resolution=4, per_level_scale=1.5).integral_scale_levels == [1, 2]
+    assert HashGridConfig(n_levels=5, base_resolution=16, per_level_scale=2.0).integral_scale_levels == []  # 2^l
+    same = HashGridConfig(n_levels=8, base_resolution=4, per_level_scale=1.49999)
+    assert same.resolutions == HashGridConfig(n_levels=8, base_resolution=4, per_level_scale=1.5).resolutions
+    for fast in [FastFieldConfig()] + [load_preset(name).fast for name in list_presets()]:
+        assert fast.hashgrid.integral_scale_levels == [], fast
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
 def test_tcnn_backend_unavailable_is_a_user_error():
     assert resolve_backend("auto", "cpu") in ("torch", "cpu")  # cpu: the C kernels (test_hashgrid_cpu.py)
@@ -247,8 +260,9 @@ def test_tcnn_backend_unavailable_is_a_user_error():
     "cfg",
     [
         HashGridConfig(n_levels=8, log2_hashmap_size=14, base_resolution=8, per_level_scale=1.7),
-        # The demo preset's grid: its levels 1 and 2 have exactly integral scales (5.0, 8.0), where a GPU exp2f
-        # one ulp high would give tcnn other resolutions than ours (specs §A2); this shows whether it does.
+        # pls 1.5 (the demo preset's until it became 1.49999): levels 1 and 2 have exactly integral scales (5.0,
+        # 8.0), where a GPU exp2f one ulp high would give tcnn other resolutions than ours (specs §A2); this
+        # shows whether it does.
         HashGridConfig(
             n_levels=8, n_features_per_level=2, log2_hashmap_size=14, base_resolution=4, per_level_scale=1.5
         ),

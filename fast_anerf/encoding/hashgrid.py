@@ -18,13 +18,11 @@ in order: page faults of fresh large tensors (work level by level, reuse ``.grad
 per-level scatters run on 2 threads, int32 index math with points as the fast axis. Sorting points by
 bone helps only ~5-10% for uniform points.
 
-Optimizer cost (same machine, 24 bones x 14,229,504 params = 341 M floats, 1.37 GB per copy): one dense
-``torch.optim.Adam`` step takes ~1.9-2.6 s with the default CPU for-loop implementation, ~0.8-2.0 s with
-``foreach=True`` and ~0.11-0.2 s with ``fused=True`` -> use ``fused=True`` on CPU, then the step is
-cheaper than forward+backward. Allocating a fresh dense 1.37 GB gradient costs ~0.4-0.6 s of page faults
-per step; ``inplace_grad=True`` with ``optimizer.zero_grad(set_to_none=False)`` avoids it (~30 ms to zero
-instead). A "touched entries only" (lazy, SparseAdam-like) step would touch <= 8.4 M of 170 M entries
-per step, but with fused Adam it would save ~0.1-0.2 s at the price of different Adam semantics: not done.
+Optimizer cost (same machine, 24 bones x 14,229,504 params = 341 M floats, 1.37 GB per copy): a dense Adam
+step takes ~1.9-2.6 s (for-loop), ~0.8-2.0 s (``foreach``), ~0.11-0.2 s (``fused=True``: used on CPU). A
+fresh dense gradient costs ~0.4-0.6 s of page faults per step; ``inplace_grad=True`` with ``zero_grad(
+set_to_none=False)`` avoids it (~30 ms to zero). A lazy (SparseAdam-like) step would touch <= 8.4 M of 170 M
+entries but save only ~0.1-0.2 s, with other Adam semantics: not done.
 """
 
 from __future__ import annotations
@@ -32,6 +30,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
@@ -74,11 +73,10 @@ def _i32(v: int) -> int:
 class HashGridConfig:
     """tcnn ``HashGrid`` settings (3-D input, Linear interpolation, CoherentPrime hash).
 
-    ``per_level_scale`` is rounded to float32 like tcnn's JSON reader. Beware scales that land exactly
-    on integers on the GPU (e.g. pls=1.5 with base 32 gives 31, 47, 71, 107, 161 on levels 0-4, base 16
-    gives 23, 35, 53, 80 on levels 1-4): CUDA's approximate ``exp2f`` may put the device scale 1 ulp
-    higher, giving a resolution one larger than the layout assumes (spec §A2). Prefer pls=2.0 or
-    generic values such as (2048/16)**(1/15) until a GPU golden test settles it.
+    ``per_level_scale`` is rounded to float32 like tcnn's JSON reader. Beware scales that land exactly on
+    integers through a fractional power (``integral_scale_levels``; pls=1.5, base 16: 23, 35, 53, 80 on levels
+    1-4): CUDA's approximate ``exp2f`` may put the device scale 1 ulp higher, a resolution one larger than the
+    layout's (spec §A2). Prefer pls=2.0 or generic values (1.49999 for 1.5) until a GPU golden test settles it.
     """
 
     n_levels: int = 16
@@ -98,17 +96,28 @@ class HashGridConfig:
             raise ValueError("base_resolution must be >= 1 and per_level_scale >= 1.0")
 
     @functools.cached_property  # every encode call reads the layout: compute it once (frozen: safe)
-    def scales(self) -> tuple[float, ...]:
-        """Per-level ``scale_l`` as float32 values (cells per unit minus nothing: x*scale+0.5 = pos)."""
+    def exponents(self) -> tuple[float, ...]:
+        """Per-level ``l * log2(per_level_scale)`` as tcnn computes them: float32 product of float32 values."""
         pls32 = float(torch.tensor(self.per_level_scale, dtype=torch.float32))
         log2s = float(torch.tensor(math.log2(pls32), dtype=torch.float32))  # std::log2 on a float
+        return tuple(float(torch.tensor(lvl * log2s, dtype=torch.float32)) for lvl in range(self.n_levels))
+
+    @functools.cached_property
+    def scales(self) -> tuple[float, ...]:
+        """Per-level ``scale_l`` as float32 values (cells per unit minus nothing: x*scale+0.5 = pos)."""
         out = []
-        for lvl in range(self.n_levels):
-            expo = float(torch.tensor(lvl * log2s, dtype=torch.float32))  # float32 product
+        for expo in self.exponents:
             e = float(torch.tensor(2.0**expo, dtype=torch.float32))  # exp2f, correctly rounded
             # e*base - 1 is exact in float64, so one rounding to float32 = the device's fused fma.
             out.append(float(torch.tensor(e * self.base_resolution - 1.0, dtype=torch.float32)))
         return tuple(out)
+
+    @property
+    def integral_scale_levels(self) -> list[int]:
+        """Levels whose scale is a whole number reached by ``exp2f`` of a fraction (pls 1.5: levels 1, 2), which
+        tcnn recomputes on the GPU with an approximate ``exp2f``: one ulp high is a resolution one larger (§A2)."""
+        pairs = zip(self.exponents, self.scales, strict=True)
+        return [lvl for lvl, (e, s) in enumerate(pairs) if s == math.floor(s) and e != math.floor(e)]
 
     @property
     def resolutions(self) -> list[int]:
@@ -455,6 +464,11 @@ class MultiBoneHashGrid(nn.Module):
         """
         tcnn = tcnn_module()
         if self._tcnn_native is None:
+            if self.config.integral_scale_levels:
+                print(f"warning: hash-grid levels {self.config.integral_scale_levels} have whole-number scales "
+                      f"(per_level_scale {self.config.per_level_scale}): tiny-cuda-nn may index them otherwise than "
+                      "the CPU backends, so this model may not move between backends; a per_level_scale such as "
+                      "1.49999 for 1.5 avoids it", file=sys.stderr)  # fmt: skip
             enc = tcnn.Encoding(3, self.config.tcnn_config(), dtype=torch.float32)
             if enc.params.numel() != self.config.n_params:
                 raise RuntimeError(f"tcnn has {enc.params.numel()} params, layout says {self.config.n_params}")
