@@ -187,6 +187,17 @@ def plan_bullet(scene: Scene, args) -> list[View]:
     return views
 
 
+def poses_shown(scene: Scene, args) -> str:
+    """What ``render.json`` says the frames are posed by: a retarget source's or held-out poses, else the run's."""
+    if args.type == "retarget" and args.motion is not None:
+        return f"built-in motion {args.motion}"
+    if args.type == "retarget" and args.source is not None:
+        return f"poses of {args.source}"
+    if args.type == "val":
+        return "the held-out split's own poses"
+    return scene.pose_note
+
+
 def plan_retarget(scene: Scene, args) -> list[View]:
     if args.source is None and args.motion is None:  # replay training frames, own cameras and codes
         for flag in ("--recenter", "--motion-frames"):
@@ -437,7 +448,7 @@ def run_render(args) -> dict:
                 views = plans[args.type](scene, args)
             with out:
                 stats = render_views(scene, views, height, width, out, args.fps, f"render {args.type}")
-                info = {"type": args.type, "checkpoint": str(args.ckpt), "poses": scene.pose_note}
+                info = {"type": args.type, "checkpoint": str(args.ckpt), "poses": poses_shown(scene, args)}
                 write_json_atomic(out.tmp / MARKER, {**info, "resolution": [height, width], **stats})
                 out.commit()
     finally:

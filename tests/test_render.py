@@ -161,6 +161,7 @@ def test_retarget_interpolate_animate_and_val(tiny_model, tiny_data, tmp_path, c
                    "--res", "24", "32") == 0  # fmt: skip
     frames = _frames(tmp_path / "motion")
     assert len(frames) == 3 and frames[0].shape == (24, 32, 3)
+    assert json.loads((tmp_path / "motion" / "render.json").read_text())["poses"] == "built-in motion wave"
     assert all((f < 235).any() and (f == 255).any() for f in frames)  # a body on a white background
 
     assert _render(tiny_model, tmp_path / "interp", "--type", "interpolate", "--frames", "0", "7", "--n-steps", "3",
@@ -190,6 +191,7 @@ def test_retarget_interpolate_animate_and_val(tiny_model, tiny_data, tmp_path, c
     assert len(frames) == 2 and frames[0].shape == (48, 96, 3)  # prediction | ground truth
     info = json.loads((tmp_path / "val" / "render.json").read_text())
     assert len(info["psnr_per_frame"]) == 2 and 8.0 < info["psnr"] < 60.0
+    assert info["poses"] == "the held-out split's own poses"
     assert f"mean PSNR {info['psnr']:.2f} dB" in summary
 
 
@@ -208,6 +210,7 @@ def test_retarget_from_h5_and_npz_keeps_our_bone_lengths(tiny_model, tiny_data, 
                        "--res", "24", "24") == 0  # fmt: skip
         rendered[source.suffix] = _frames(out)
         assert len(rendered[source.suffix]) == 2
+        assert json.loads((out / "render.json").read_text())["poses"] == f"poses of {source}"
     for a, b in zip(rendered[".h5"], rendered[".npz"], strict=True):
         assert np.array_equal(a, b)
     # The re-posed skeleton has our rest pose's bone lengths and the source's root and rotations.
@@ -224,12 +227,24 @@ def test_retarget_from_h5_and_npz_keeps_our_bone_lengths(tiny_model, tiny_data, 
         assert (frame < 235).any()  # the body is in view
 
 
+def test_pose_file_messages_name_the_fix_for_that_file(tmp_path):
+    np.savez(tmp_path / "root.npz", bones=np.zeros((5, 24, 3)), root=np.zeros((5, 2)))
+    with pytest.raises(DataError) as error:
+        read_pose_file(tmp_path / "root.npz")
+    assert str(error.value).endswith("key 'root' has shape (5, 2); expected (T, 3) root offsets")  # not "SMPL-24"
+    with h5py.File(tmp_path / "no_kp3d.h5", "w") as h5:  # an .h5's roots are read from kp3d only
+        h5["bones"], h5["root"] = np.zeros((5, 24, 3)), np.zeros((5, 3))
+    with pytest.raises(DataError) as error:
+        read_pose_file(tmp_path / "no_kp3d.h5")
+    assert str(error.value).endswith("no_kp3d.h5: no root positions; add 'kp3d' (T, 24, 3)")
+
+
 @pytest.mark.parametrize(
     "arrays, words",
     [
         ({"bones": np.zeros((5, 17, 3)), "root": np.zeros((5, 3))}, ["'bones'", "17 joints", "24"]),
         ({"bones": np.full((5, 24, 3), np.nan), "root": np.zeros((5, 3))}, ["'bones'", "non-finite"]),
-        ({"bones": np.zeros((5, 24, 3))}, ["root"]),
+        ({"bones": np.zeros((5, 24, 3))}, ["no root positions; add 'root' (T, 3) (canonical, metres) or 'kp3d'"]),
     ],
 )
 def test_bad_retarget_file_is_refused_and_writes_nothing(tiny_model, tmp_path, capsys, arrays, words):

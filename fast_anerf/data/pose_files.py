@@ -23,9 +23,10 @@ def _check_array(path: Path, key: str, value: np.ndarray, tail: tuple[int, ...],
         raise DataError(f"{path}: key '{key}' has dtype {value.dtype}; expected numbers ({what})")
     if value.ndim != 1 + len(tail) or value.shape[1:] != tail or value.shape[0] < 1:
         joints = f" ({value.shape[1]} joints, not 24)" if value.ndim == 3 and value.shape[1] != N_JOINTS else ""
+        why = " — retargeting needs SMPL-24 skeletons" if len(tail) == 2 else ""  # not for a root's (T, 3)
         raise DataError(
             f"{path}: key '{key}' has shape {value.shape}{joints}; expected (T, {', '.join(map(str, tail))}) "
-            f"{what} — retargeting needs SMPL-24 skeletons"
+            f"{what}{why}"
         )
     bad = ~np.isfinite(value.reshape(value.shape[0], -1)).all(axis=1)
     if bad.any():
@@ -75,7 +76,8 @@ def read_pose_file(path: Path) -> tuple[np.ndarray, np.ndarray, bool]:
     elif "kp3d" in arrays:
         roots = _check_array(path, "kp3d", arrays["kp3d"], (N_JOINTS, 3), "joint positions")[:, 0]
     else:
-        raise DataError(f"{path}: no root positions; add 'root' (T, 3) (canonical, metres) or 'kp3d' (T, 24, 3)")
+        add = "'root' (T, 3) (canonical, metres) or 'kp3d' (T, 24, 3)" if suffix == ".npz" else "'kp3d' (T, 24, 3)"
+        raise DataError(f"{path}: no root positions; add {add}")  # an A-NeRF .h5 holds its roots in kp3d
     if len(roots) != len(bones):
         key = root_key or "kp3d"
         raise DataError(f"{path}: key '{key}' has {len(roots)} frames but 'bones' has {len(bones)}; they must match")
