@@ -26,6 +26,22 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_model(device: torch.device | str) -> str:
+    """What benchmarks print and write as ``device_name``: the GPU's name, or the CPU's model (/proc/cpuinfo)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "cpu"
+
+
 def resolve_data(data: Path | None) -> tuple[Path, Path | None]:
     """``(train .h5, folder with held-out splits or None)``; generates the built-in character if needed."""
     if data is None:

@@ -98,6 +98,8 @@ def main() -> None:
     parser.add_argument("--compare-tree", type=Path, default=None, help="another checkout to measure alongside")
     parser.add_argument("--out", type=Path, default=Path("bench_data_memory.json"))
     args = parser.parse_args()
+    if args.images < 3:  # MB per image = the difference to a 2-image run, over the images beyond those 2
+        parser.error(f"--images must be at least 3 (a 2-image run is the baseline), got {args.images}")
 
     with tempfile.TemporaryDirectory(prefix="bench_data_memory_") as tmp:
         big, small = Path(tmp) / "big.h5", Path(tmp) / "small.h5"

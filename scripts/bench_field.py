@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import torch
@@ -23,6 +22,7 @@ from fast_anerf.data.synthetic import default_data_dir, generate_dataset
 from fast_anerf.encoding.backend import resolve_backend
 from fast_anerf.model import Character
 from fast_anerf.renderer import rays_to_bones
+from fast_anerf.run_setup import device_model
 from fast_anerf.sampling.march import march_boxes
 
 
@@ -103,7 +103,7 @@ def main() -> None:
             }
         )
     ratio = rows[0]["points_per_s"] / rows[-1]["points_per_s"]
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    device_name = device_model(device)
     print(f"device: {device} ({device_name}), threads {torch.get_num_threads()}, points {args.points}")
     print(f"{'field':<6} {'params':>12} {'ms fwd+bwd':>11} {'points/s':>12} backend")
     for r in rows:

@@ -17,28 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from fast_anerf.config import load_preset
 from fast_anerf.encoding.hashgrid import HashGridConfig, hashgrid_naive, hashgrid_torch
 from fast_anerf.encoding.hashgrid_cpu import cpu_kernels_available, hashgrid_cpu
+from fast_anerf.run_setup import device_model
 
 
 def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} ({torch.get_num_threads()} threads)"
+    return f"{device_model(device)} ({torch.get_num_threads()} threads)"
 
 
 def timeit(fn, iters: int, device: torch.device) -> float:
@@ -65,7 +56,7 @@ def main() -> None:
         "--preset",
         choices=["default", "demo"],
         default="default",
-        help="default: L16 F2 base 16 x2 (tcnn's); demo: configs/demo.toml's grid (L8 T14 base 4 x1.5)",
+        help="default: L16 F2 base 16 x2 (tcnn's); demo: configs/demo.toml's grid (L8 T14 base 4 x1.49999)",
     )
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
@@ -79,7 +70,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     if args.preset == "demo":
-        cfg = HashGridConfig(n_levels=8, log2_hashmap_size=14, base_resolution=4, per_level_scale=1.5)
+        cfg = load_preset("demo").fast.hashgrid
     else:
         cfg = HashGridConfig(log2_hashmap_size=args.log2_hashmap_size)
     params = torch.nn.Parameter(torch.empty(args.n_bones, cfg.n_params, device=device).uniform_(-1e-4, 1e-4))

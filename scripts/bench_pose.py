@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from fast_anerf.data.anerf_h5 import open_anerf_h5
 from fast_anerf.data.h5_write import write_anerf_h5
 from fast_anerf.data.synthetic import default_data_dir, generate_dataset, noisy_poses, pose_arrays
 from fast_anerf.refine import run_refine
+from fast_anerf.run_setup import device_model
 from fast_anerf.train import Trainer
 
 
@@ -77,7 +77,8 @@ def main() -> None:
     before, after = with_refine["poses"]["before"], with_refine["poses"]["after"]
     psnr_on = with_refine["splits"]["test_view"]["psnr"]
     psnr_off = without["splits"]["test_view"]["psnr"]
-    device_name = platform.processor() or "cpu"
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the runs' --device auto
+    device_name = device_model(device)
     rows = [
         ("train: MPJPE (mm)", before["mpjpe_mm"], after["mpjpe_mm"]),
         ("train: PA-MPJPE (mm)", before["pa_mpjpe_mm"], after["pa_mpjpe_mm"]),
@@ -86,12 +87,12 @@ def main() -> None:
         ("unseen: PA-MPJPE (mm)", refine["before"]["pa_mpjpe_mm"], refine["after"]["pa_mpjpe_mm"]),
         ("unseen: MPJPE no align (mm)", refine["before"]["abs_mpjpe_mm"], refine["after"]["abs_mpjpe_mm"]),
     ]
-    print(f"\ndevice: cpu ({device_name}), threads {torch.get_num_threads()}, {args.minutes} min per training run")
+    print(f"\ndevice: {device} ({device_name}), threads {torch.get_num_threads()}, {args.minutes} min per training run")
     print(f"{'metric':<28} {'before':>8} {'after':>8} {'change':>8}")
     for name, b, a in rows:
         print(f"{name:<28} {b:>8.1f} {a:>8.1f} {100 * (a - b) / b:>7.1f}%")
     print(f"test_view PSNR: refine on {psnr_on:.2f} dB, off {psnr_off:.2f} dB ({psnr_on - psnr_off:+.2f} dB)")
-    result = {"device": "cpu", "device_name": device_name, "threads": torch.get_num_threads(),
+    result = {"device": device, "device_name": device_name, "threads": torch.get_num_threads(),
               "minutes": args.minutes, "refine_steps": args.refine_steps,
               "rows": [{"metric": n, "before": b, "after": a} for n, b, a in rows],
               "psnr_test_view_on": psnr_on, "psnr_test_view_off": psnr_off,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -40,6 +39,7 @@ from fast_anerf.data.split import load_split
 from fast_anerf.data.synthetic import default_data_dir, generate_dataset
 from fast_anerf.evaluate import public
 from fast_anerf.renderer import RenderSettings, rays_to_bones, render_rays
+from fast_anerf.run_setup import device_model
 from fast_anerf.train import Trainer
 
 
@@ -127,6 +127,11 @@ def early_stop_ablation(trainer: Trainer, n_steps: int, block: int = 10) -> dict
     }
 
 
+def _number(value: float | None, spec: str) -> str:
+    """A table cell: the value formatted, or n/a (nothing was measured)."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="default: the preset's steps (demo: 4000)")
@@ -190,7 +195,10 @@ def main() -> None:
             "steps": trainer.step,
             "train_seconds": round(t["all"], 1),
             "rays_per_s": trainer.step * rays_per_step / t["all"],
-            "rays_per_s_after_warmup": t["steps_after_warmup"] * rays_per_step / max(t["after_warmup"], 1e-9),
+            # None when the run ends inside the occupancy warm-up (--steps <= occ_warmup_steps): nothing to time.
+            "rays_per_s_after_warmup": (
+                t["steps_after_warmup"] * rays_per_step / t["after_warmup"] if t["steps_after_warmup"] else None
+            ),
             "samples_per_ray": sum(s["samples_per_ray"] for s in tail[name]) / max(len(tail[name]), 1),
             "candidates_per_ray": sum(s["candidates_per_ray"] for s in tail[name]) / max(len(tail[name]), 1),
             "train_psnr_tail": sum(s["psnr"] for s in tail[name]) / max(len(tail[name]), 1),
@@ -202,7 +210,7 @@ def main() -> None:
 
     ablation = early_stop_ablation(runs["on"], args.ablation_steps) if args.ablation_steps > 0 else {}
     device = str(runs["on"].device)
-    device_name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
+    device_name = device_model(device)
     on, off = rows["on"], rows["off"]
     print(f"\ndevice: {device} ({device_name}), threads {torch.get_num_threads()}, {args.steps} steps, "
           f"poses {'estimated' if args.estimated_poses else 'true'}")  # fmt: skip
@@ -214,19 +222,21 @@ def main() -> None:
     for name, r in rows.items():
         print(
             f"{name:<9} {r['samples_per_ray']:>11.1f} {r['candidates_per_ray']:>9.1f} {r['rays_per_s']:>8.0f} "
-            f"{r['rays_per_s_after_warmup']:>9.0f} {r['final']['test_view']['psnr']:>9.2f} "
+            f"{_number(r['rays_per_s_after_warmup'], '.0f'):>9} {r['final']['test_view']['psnr']:>9.2f} "
             f"{r['final']['test_pose']['psnr']:>9.2f} {r['render']['samples_per_hit_ray']:>10.1f} "
             f"{r['render']['seconds_per_image']:>8.2f}"
         )
     for name, r in rows.items():  # every arm against skipping off
         r["speedup"] = r["rays_per_s"] / off["rays_per_s"]
-        r["speedup_after_warmup"] = r["rays_per_s_after_warmup"] / max(off["rays_per_s_after_warmup"], 1e-9)
+        after = (r["rays_per_s_after_warmup"], off["rays_per_s_after_warmup"])
+        r["speedup_after_warmup"] = after[0] / after[1] if None not in after else None
         r["psnr_gap_test_view"] = r["final"]["test_view"]["psnr"] - off["final"]["test_view"]["psnr"]
         r["psnr_gap_test_pose"] = r["final"]["test_pose"]["psnr"] - off["final"]["test_pose"]["psnr"]
         if name != "off":
             print(
-                f"{name}/off: rays/s {r['speedup']:.2f}x (after warm-up {r['speedup_after_warmup']:.2f}x); PSNR "
-                f"test_view {r['psnr_gap_test_view']:+.2f} dB, test_pose {r['psnr_gap_test_pose']:+.2f} dB"
+                f"{name}/off: rays/s {r['speedup']:.2f}x (after warm-up {_number(r['speedup_after_warmup'], '.2f')}"
+                f"{'x' if r['speedup_after_warmup'] is not None else ''}); PSNR test_view "
+                f"{r['psnr_gap_test_view']:+.2f} dB, test_pose {r['psnr_gap_test_pose']:+.2f} dB"
             )
     for name, a in ablation.items():
         print(f"on, {name:<13}: {a['rays_per_s']:7.0f} rays/s, {a['samples_per_ray']:5.1f} samples/ray")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from fast_anerf.data.anerf_h5 import open_anerf_h5
 from fast_anerf.data.synthetic import default_data_dir, generate_dataset
 from fast_anerf.data.to_spin import camera_frame, export_spin, weak_perspective
 from fast_anerf.pose_metrics import pose_metrics
+from fast_anerf.run_setup import device_model
 
 
 def write_estimate(train_h5: Path, folder: Path) -> tuple[Path, np.ndarray, float]:
@@ -107,13 +107,14 @@ def main() -> None:
     after = pose_metrics(camera_joints(folder / "refined.npz"), gt, 0.001)
     labels = (("MPJPE (mm)", "mpjpe_mm"), ("PA-MPJPE (mm)", "pa_mpjpe_mm"), ("no alignment (mm)", "abs_mpjpe_mm"))
     rows = [(label, before[key], after[key]) for label, key in labels]
-    device_name = platform.processor() or "cpu"
-    print(f"\ndevice: cpu ({device_name}), threads {torch.get_num_threads()}; {args.steps} training steps in "
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # `fast-anerf train` ran with --device auto
+    device_name = device_model(device)
+    print(f"\ndevice: {device} ({device_name}), threads {torch.get_num_threads()}; {args.steps} training steps in "
           f"{seconds:.0f} s; camera: {camera}")  # fmt: skip
     print(f"{'joints in the camera vs truth':<30} {'SPIN in':>8} {'SPIN out':>9} {'change':>8}")
     for name, b, a in rows:
         print(f"{name:<30} {b:>8.1f} {a:>9.1f} {100 * (a - b) / b:>7.1f}%")
-    result = {"device": "cpu", "device_name": device_name, "threads": torch.get_num_threads(), "steps": args.steps,
+    result = {"device": device, "device_name": device_name, "threads": torch.get_num_threads(), "steps": args.steps,
               "preset": args.preset, "train_seconds": round(seconds, 1), "camera": camera,
               "rows": [{"metric": n, "spin_in": b, "spin_out": a} for n, b, a in rows]}  # fmt: skip
     args.out.write_text(json.dumps(result, indent=2))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 
 from fast_anerf.cli import Train
 from fast_anerf.evaluate import public
+from fast_anerf.run_setup import device_model
 from fast_anerf.train import Trainer
 
 PRESETS = {"fast": "demo", "anerf": "anerf"}
@@ -103,7 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = [run_field(field, args, args.runs) for field in args.fields]
     device = "cuda" if (args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())) else "cpu"
-    device_name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
+    device_name = device_model(device)
     print(
         f"\ndevice: {device} ({device_name}), threads {torch.get_num_threads()}, budget {args.minutes} min, "
         f"poses {'true' if args.gt_poses else 'estimated (noisy)'}"

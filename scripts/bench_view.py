@@ -19,13 +19,14 @@ import argparse
 import dataclasses
 import io
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from fast_anerf.run_setup import device_model
 
 
 def build(ckpt: Path | None, device: str, backend: str):
@@ -107,7 +108,7 @@ def main() -> None:
         rows.append({"size": size, "ms_per_frame": ms, "fps": 1000 / ms, "min_ms": 1000 * min(times),
                      "jpeg_ms": jpeg_ms, "body_fraction": float(np.mean(coverage)) / size**2,
                      "samples_per_frame": float(np.mean(samples))})  # fmt: skip
-    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    name = device_model(device)
     result = {"device": device.type, "device_name": name, "threads": torch.get_num_threads(),
               "ckpt": str(args.ckpt) if args.ckpt else None, "march": args.march, "rows": rows}  # fmt: skip
     args.out.write_text(json.dumps(result, indent=2))

@@ -259,6 +259,9 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
     args = parser.parse_args()
     chosen = tuple(args.commands.split(","))
+    known = tuple(dict.fromkeys(H5_COMMANDS + CKPT_COMMANDS))
+    if unknown := [c for c in chosen if c not in known]:  # a typo would test nothing and report "all clean"
+        parser.error(f"--commands: unknown {', '.join(unknown)}; choose from {','.join(known)}")
     rng = np.random.default_rng(args.seed)
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="fuzz_inputs_"))
     start = time.perf_counter()
