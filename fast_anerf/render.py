@@ -164,6 +164,11 @@ class Scene:
     def mean_root(self) -> torch.Tensor:
         return skts_to_pose(self.skts)[1].mean(dim=0)
 
+    def start_root(self) -> torch.Tensor:
+        """Where a canonical motion stands: the root of the first training pose (motions start standing, as
+        training sequences do; the mean root sinks with every crouch). ``view`` places motions there too."""
+        return skts_to_pose(self.skts[:1])[1][0]
+
     def close(self) -> None:
         self.data.close()
 
@@ -213,7 +218,6 @@ def plan_retarget(scene: Scene, args) -> list[View]:
     from fast_anerf.data.pose_files import builtin_motion, place_canonical, read_pose_file
 
     cam = scene.check_frames((args.camera if args.camera is not None else 0,))[0]
-    mean_root = scene.mean_root()
     if given(args, "--motion-frames") and args.motion is None:
         raise UserError("--motion-frames is for --motion (a built-in motion); --source plays all its frames — drop it")
     if args.motion is not None:
@@ -225,11 +229,11 @@ def plan_retarget(scene: Scene, args) -> list[View]:
             what = f"--motion {args.motion}" if args.motion is not None else f"{args.source} (bones + root)"
             raise UserError(f"--recenter: {what} is in the canonical frame, placed on the training subject "
                             "already; drop --recenter (it moves world-frame sources)")  # fmt: skip
-        bones, roots = place_canonical(bones, roots, scene.model.height, mean_root)
+        bones, roots = place_canonical(bones, roots, scene.model.height, scene.start_root())
     else:
         bones, roots = torch.as_tensor(bones), torch.as_tensor(roots)
         if args.recenter:
-            roots = roots - roots.mean(dim=0) + mean_root
+            roots = roots - roots.mean(dim=0) + scene.mean_root()
     rows = list(args.frames) if args.frames else list(range(len(bones)))
     if any(not 0 <= r < len(bones) for r in rows):
         raise UserError(f"--frames: out of range; the retarget source has {len(bones)} frames")

@@ -195,6 +195,33 @@ def test_retarget_interpolate_animate_and_val(tiny_model, tiny_data, tmp_path, c
     assert f"mean PSNR {info['psnr']:.2f} dB" in summary
 
 
+def test_a_motion_stands_where_the_training_sequence_starts_as_in_the_viewer(tiny_model, tiny_data, tmp_path):
+    """Canonical motions are placed at the first training pose's root (the viewer's anchor), not the mean root,
+    which sinks with every crouch of the training sequence."""
+    from fast_anerf.cli import View
+    from fast_anerf.data.pose_files import builtin_motion
+    from fast_anerf.viewer_server import build_state
+
+    out = tmp_path / "walk"
+    assert _render(tiny_model, out, "--type", "retarget", "--motion", "walk", "--motion-frames", "4", "--frames",
+                   "0", "2", "--res", "24", "24") == 0  # fmt: skip
+    model, _ = load_character(tiny_model)
+    with open_anerf_h5(tiny_data / "train.h5") as data:
+        start = skts_to_pose(torch.as_tensor(data.arrays["skts"][:1]))[1][0]
+        mean = skts_to_pose(torch.as_tensor(data.arrays["skts"]))[1].mean(dim=0)
+    assert (start - mean).norm() > 0.01  # the two anchors differ on this data
+    bones, roots = builtin_motion("walk", 4)
+    bones, roots = place_canonical(bones, roots, model.height, start)
+    skts = pose_to_skts(model.rest_pose, axis_angle_to_matrix(bones), roots)
+    for frame, i in zip(_frames(out), (0, 2), strict=True):
+        expected = _expected_frame(model, tiny_data / "train.h5", 0, skts[i], 24, torch.ones(3))
+        assert np.abs(frame.astype(float) - expected).max() <= 2, i
+    state, _ = build_state(View(ckpt=tiny_model, device="cpu", backend="torch"))  # the viewer's 96-frame walk
+    walk = state.sequences["walk"]
+    _, placed = place_canonical(*builtin_motion("walk", len(walk.roots)), model.height, start)
+    torch.testing.assert_close(walk.roots, placed, atol=1e-5, rtol=0)
+
+
 def test_retarget_from_h5_and_npz_keeps_our_bone_lengths(tiny_model, tiny_data, tmp_path):
     model, _ = load_character(tiny_model)
     with h5py.File(tiny_data / "test_pose.h5") as h5:
