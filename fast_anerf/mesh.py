@@ -103,8 +103,10 @@ def vertex_colours(
     return np.round(torch.cat(out).numpy() * 255).astype(np.uint8)
 
 
-def extract_mesh(model, skts: torch.Tensor, res: int = 128, opacity: float = 0.5, code_id: int = -1, settings=None):
-    """Marching cubes of the density of ``model`` posed by ``skts [24, 4, 4]``.
+def extract_mesh(model, skts: torch.Tensor, res: int = 128, opacity: float = 0.5, code_id: int = -1, settings=None,
+                 chunk: int | None = None):  # fmt: skip
+    """Marching cubes of the density of ``model`` posed by ``skts [24, 4, 4]``; ``chunk`` (render's ``--chunk``):
+    grid points per density call and rays per colour call, default 65536 and 8192.
 
     Returns ``(mesh, stats)``: a coloured ``trimesh.Trimesh`` in world units (largest component only, faces
     outwards) and ``stats`` with ``threshold`` (sigma), ``components`` (before filtering),
@@ -113,12 +115,13 @@ def extract_mesh(model, skts: torch.Tensor, res: int = 128, opacity: float = 0.5
     import mcubes
     import trimesh
 
-    sigma, origin, voxel = density_grid(model, skts, res)
+    sigma, origin, voxel = density_grid(model, skts, res, chunk or 65536)
     threshold = sigma_threshold(opacity, model.height)
     if not (sigma > threshold).any():
+        coarse = f", or a finer --mesh-res (cells this size can miss the body: {res})" if res < 32 else ""
         raise UserError(
             f"no surface: the density never reaches {threshold:.1f}/unit (opacity {opacity}); lower --mesh-threshold "
-            "or train longer"
+            f"or train longer{coarse}"
         )
     verts, faces = mcubes.marching_cubes(sigma, threshold)
     mesh = trimesh.Trimesh(origin + verts * voxel, faces.astype(np.int64), process=True)
@@ -134,7 +137,8 @@ def extract_mesh(model, skts: torch.Tensor, res: int = 128, opacity: float = 0.5
     mesh = largest
     if mesh.volume < 0:  # marching-cubes winding depends on the sign convention: make normals point out
         mesh.invert()
-    mesh.visual.vertex_colors = vertex_colours(model, skts, mesh.vertices, mesh.vertex_normals, code_id, settings)
+    normals = mesh.vertex_normals
+    mesh.visual.vertex_colors = vertex_colours(model, skts, mesh.vertices, normals, code_id, settings, chunk or 8192)
     stats.update(vertices=len(mesh.vertices), faces=len(mesh.faces))
     return mesh, stats
 
@@ -285,7 +289,8 @@ def run_mesh(scene, job: MeshJob, args, out) -> dict:
     meshes, stats = [], {}
     for name, skts, code in zip(job.names, job.skts, job.codes, strict=True):
         start = time.perf_counter()
-        mesh, stats[name] = extract_mesh(scene.model, skts, args.mesh_res, args.mesh_threshold, code, scene.settings)
+        mesh, stats[name] = extract_mesh(scene.model, skts, args.mesh_res, args.mesh_threshold, code, scene.settings,
+                                         args.chunk)  # fmt: skip
         mesh.export(out.tmp / f"{name}.ply")
         stats[name]["seconds"] = time.perf_counter() - start
         print(

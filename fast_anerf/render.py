@@ -200,6 +200,8 @@ def poses_shown(scene: Scene, args) -> str:
         return f"poses of {args.source}"
     if args.type == "val":
         return "the held-out split's own poses"
+    if args.type == "mesh" and args.rest:
+        return "the rest pose"
     return scene.pose_note
 
 
@@ -439,7 +441,8 @@ def run_render(args) -> dict:
             with out:
                 stats = run_mesh(scene, job, args, out)
                 height, width = stats["resolution"]
-                write_json_atomic(out.tmp / MARKER, {"type": "mesh", "checkpoint": str(args.ckpt), **stats})
+                info = {"type": "mesh", "checkpoint": str(args.ckpt), "poses": poses_shown(scene, args)}
+                write_json_atomic(out.tmp / MARKER, {**info, **stats})
                 out.commit()
         else:
             if args.type == "val":

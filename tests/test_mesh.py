@@ -107,7 +107,9 @@ def test_mesh_command_on_a_trained_model(tiny_model, tiny_data, tmp_path, capsys
     assert code == 0
     assert "3 frames at 32x32" in capsys.readouterr().out
     mesh = trimesh.load(out / "mesh_00001.ply", process=False)
-    info = json.loads((out / "render.json").read_text())["meshes"]["mesh_00001"]
+    report = json.loads((out / "render.json").read_text())
+    info = report["meshes"]["mesh_00001"]
+    assert report["poses"] == "the data's poses (skts)"  # this model refined none
     assert len(mesh.vertices) > 200 and mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
     # One body with a few floaters (dropped), not a cloud of pieces. This 40-step model's share is 0.88-0.96
     # over training seeds 0-2 and per_level_scale 1.5 / 1.49999 (measured): 0.9 was inside that spread.
@@ -139,3 +141,14 @@ def test_rest_pose_mesh_is_in_the_canonical_frame(tiny_model, tmp_path):
     voxel = json.loads((out / "render.json").read_text())["meshes"]["mesh_rest"]["voxel"]
     assert (mesh.vertices >= lo.numpy() - 1.5 * voxel).all() and (mesh.vertices <= hi.numpy() + 1.5 * voxel).all()
     assert mesh.vertices[:, 1].max() > rest[15, 1] > 0  # y up: the head is above the root at the origin
+
+
+def test_a_grid_too_coarse_for_the_body_says_so(tiny_model, tmp_path, capsys):
+    out = tmp_path / "coarse"
+    args = ["--type", "mesh", "--frames", "1", "--mesh-res", "2", "--res", "32", "32"]
+    assert entrypoint(["render", "--ckpt", str(tiny_model), "--out", str(out), "--device", "cpu", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: no surface: the density never reaches")
+    assert err.endswith("lower --mesh-threshold or train longer, or a finer --mesh-res (cells this size can miss the "
+                        "body: 2)")  # fmt: skip
+    assert not out.exists()
