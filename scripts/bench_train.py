@@ -41,6 +41,9 @@ def run_field(field: str, args, out_root: Path) -> dict:
             seed=args.seed,
         )
     )
+    if "test_view" not in trainer.eval_splits:  # the curve is test_view's: fail now, not after the budget
+        raise SystemExit(f"--data {args.data}: no test_view.h5 beside the training data; pass a folder holding "
+                         "train.h5 and test_view.h5")  # fmt: skip
     train_cfg = dataclasses.replace(trainer.config.train, march_backend=args.march)
     trainer.config = dataclasses.replace(trainer.config, train=train_cfg)  # read by every step's RenderSettings
     budget = args.minutes * 60.0

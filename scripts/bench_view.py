@@ -59,6 +59,8 @@ def main() -> None:
                         help="marching implementation (sampling/march.py; auto: nerfacc on CUDA)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench_view.json"))
     args = parser.parse_args()
+    if args.frames < 1:
+        parser.error(f"--frames must be at least 1 (timed frames per size), got {args.frames}")
 
     from fast_anerf.viewer import look_at_c2w
 
