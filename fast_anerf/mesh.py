@@ -137,8 +137,8 @@ def extract_mesh(model, skts: torch.Tensor, res: int = 128, opacity: float = 0.5
     mesh = largest
     if mesh.volume < 0:  # marching-cubes winding depends on the sign convention: make normals point out
         mesh.invert()
-    normals = mesh.vertex_normals
-    mesh.visual.vertex_colors = vertex_colours(model, skts, mesh.vertices, normals, code_id, settings, chunk or 8192)
+    colours = vertex_colours(model, skts, mesh.vertices, mesh.vertex_normals, code_id, settings, chunk or 8192)
+    mesh.visual.vertex_colors = colours
     stats.update(vertices=len(mesh.vertices), faces=len(mesh.faces))
     return mesh, stats
 

@@ -158,7 +158,8 @@ def _unused_train_values(args, preset: RunConfig, stored: RunConfig, ckpt_path: 
     if differ:
         values = ", ".join(f"{k} = {getattr(preset.train, k)!r} (the run's: {getattr(stored.train, k)!r})"
                            for k in differ)  # fmt: skip
-        flags = [TRAIN_FLAGS[k] for k in differ if k in TRAIN_FLAGS]
+        # Flags a resume accepts (switching pose refinement on or off is refused: another model).
+        flags = [TRAIN_FLAGS[k] for k in differ if k in TRAIN_FLAGS and k != "refine_poses"]
         how = f"; pass {', '.join(flags)} to change {'it' if len(flags) == 1 else 'them'}" if flags else ""
         print(f"warning: --preset {args.preset}: [train] {values} not used: a resumed run keeps its own [train] "
               f"values{how}", file=sys.stderr)  # fmt: skip
