@@ -33,6 +33,8 @@ from fast_anerf.errors import UserError
 SURFACE_THICKNESS = 0.01  # fraction of the skeleton height over which the opacity threshold is reached
 VIEW_OFFSET = 0.03  # vertex colours: rays start this far (fraction of the height) outside the surface
 AMBIENT = 0.5  # turntable shading: ambient + (1 - ambient) * max(0, n . l)
+DENSITY_CHUNK = 65536  # grid points per density call (render --chunk overrides)
+COLOUR_CHUNK = 8192  # vertex-colour rays per render call (render --chunk overrides)
 
 
 def sigma_threshold(opacity: float, height: float, thickness: float = SURFACE_THICKNESS) -> float:
@@ -53,7 +55,7 @@ def _to_local(skts: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def density_grid(model, skts: torch.Tensor, res: int, chunk: int = 65536):
+def density_grid(model, skts: torch.Tensor, res: int, chunk: int = DENSITY_CHUNK):
     """Density on a grid over the posed boxes: ``(sigma [X, Y, Z] float32 numpy, origin [3], voxel size)``.
 
     ``res`` cells along the longest side; voxel centres at ``origin + index * voxel`` (world units).
@@ -78,7 +80,7 @@ def vertex_colours(
     normals: np.ndarray,
     code_id: int = -1,
     settings=None,
-    chunk: int = 8192,
+    chunk: int = COLOUR_CHUNK,
 ) -> np.ndarray:
     """Colour of each vertex as a camera looking straight at it sees it: a ray from ``VIEW_OFFSET`` x height
     outside the vertex along ``-normal``, volume-rendered with ``renderer.render_rays`` and un-composited from
@@ -106,7 +108,7 @@ def vertex_colours(
 def extract_mesh(model, skts: torch.Tensor, res: int = 128, opacity: float = 0.5, code_id: int = -1, settings=None,
                  chunk: int | None = None):  # fmt: skip
     """Marching cubes of the density of ``model`` posed by ``skts [24, 4, 4]``; ``chunk`` (render's ``--chunk``):
-    grid points per density call and rays per colour call, default 65536 and 8192.
+    grid points per density call and rays per colour call, default ``DENSITY_CHUNK`` and ``COLOUR_CHUNK``.
 
     Returns ``(mesh, stats)``: a coloured ``trimesh.Trimesh`` in world units (largest component only, faces
     outwards) and ``stats`` with ``threshold`` (sigma), ``components`` (before filtering),
@@ -115,7 +117,7 @@ def extract_mesh(model, skts: torch.Tensor, res: int = 128, opacity: float = 0.5
     import mcubes
     import trimesh
 
-    sigma, origin, voxel = density_grid(model, skts, res, chunk or 65536)
+    sigma, origin, voxel = density_grid(model, skts, res, chunk or DENSITY_CHUNK)
     threshold = sigma_threshold(opacity, model.height)
     if not (sigma > threshold).any():
         coarse = f", or a finer --mesh-res (cells this size can miss the body: {res})" if res < 32 else ""
@@ -137,7 +139,7 @@ def extract_mesh(model, skts: torch.Tensor, res: int = 128, opacity: float = 0.5
     mesh = largest
     if mesh.volume < 0:  # marching-cubes winding depends on the sign convention: make normals point out
         mesh.invert()
-    colours = vertex_colours(model, skts, mesh.vertices, mesh.vertex_normals, code_id, settings, chunk or 8192)
+    colours = vertex_colours(model, skts, mesh.vertices, mesh.vertex_normals, code_id, settings, chunk or COLOUR_CHUNK)
     mesh.visual.vertex_colors = colours
     stats.update(vertices=len(mesh.vertices), faces=len(mesh.faces))
     return mesh, stats

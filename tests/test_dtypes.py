@@ -4,11 +4,9 @@ and float64 samples or ray lengths give the float32 results."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from test_march import _scene
 
 from fast_anerf.bone_boxes import ray_box_intervals
 from fast_anerf.config import RunConfig
@@ -18,9 +16,6 @@ from fast_anerf.encoding.hashgrid_cpu import cpu_kernels_available, hashgrid_cpu
 from fast_anerf.model import Character
 from fast_anerf.renderer import rays_to_bones
 from fast_anerf.sampling.march import box_intervals, march_occupied
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_march import _scene  # noqa: E402
 
 needs_kernels = pytest.mark.skipif(not cpu_kernels_available(), reason=f"C kernels unavailable: {load_kernels()[1]}")
 CONFIG = HashGridConfig(n_levels=3, n_features_per_level=2, log2_hashmap_size=8, base_resolution=4,
